@@ -1,0 +1,375 @@
+"""Toy worlds with verifiable rewards, and the preference data built from them.
+
+A world knows its vocabulary, how to draw prompts, how to write a correct answer (SFT
+data) and how to score any completion (the true reward). Completions are lists of words
+as the tokenizer sees them, ending in '<eos>' when the model finished; a completion that
+never finished, or breaks the format, is malformed and gets the world's lowest reward.
+
+    >>> w = SortWorld(n_digits=3)
+    >>> w.reward(["sort", "3", "1", "2", ":"], ["1", "2", "3", "<eos>"])
+    1.0
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from rlbook.lm import EOS, Batch, as_words, concat_batches, make_batch, sample, word_tokenizer
+
+DIGITS = [str(d) for d in range(10)]
+
+
+class World:
+    """Base class: subclasses set `name` and implement the methods below."""
+
+    name: str = "world"
+    max_new_tokens: int = 8
+
+    def spec(self) -> dict:
+        """Everything that defines the world (used in cache keys)."""
+        return {"name": self.name, **self.__dict__}
+
+    @property
+    def vocab(self) -> list[str]:
+        raise NotImplementedError
+
+    def tokenizer(self):
+        return word_tokenizer(self.vocab)
+
+    def sample_prompt(self, rng: random.Random) -> list[str]:
+        raise NotImplementedError
+
+    def answer(self, prompt: Sequence[str], rng: random.Random) -> list[str]:
+        """A correct completion (without '<eos>') for SFT."""
+        raise NotImplementedError
+
+    def reward(self, prompt: Sequence[str], completion: Sequence[str]) -> float:
+        raise NotImplementedError
+
+    # -- shared helpers -------------------------------------------------------------
+
+    def prompts(self, n: int, seed: int = 0) -> list[list[str]]:
+        rng = random.Random(seed)
+        return [self.sample_prompt(rng) for _ in range(n)]
+
+    def sft_examples(self, n: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+        """n (prompt, correct completion) pairs."""
+        rng = random.Random(seed)
+        out = []
+        for _ in range(n):
+            p = self.sample_prompt(rng)
+            out.append((p, self.answer(p, rng)))
+        return out
+
+    def rewards(self, prompts: Sequence[Sequence[str]], completions: Sequence[Sequence[str]]) -> torch.Tensor:
+        """The true reward of each (prompt, completion): a float tensor `[B]`."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"completions has {len(completions)} items but prompts has {len(prompts)}")
+        return torch.tensor([self.reward(p, c) for p, c in zip(prompts, completions)], dtype=torch.float32)
+
+    def score(self, batch: Batch, tokenizer) -> torch.Tensor:
+        """True rewards of a Batch of samples: `[B]`."""
+        return self.rewards(batch.prompts(tokenizer), batch.completions(tokenizer))
+
+
+def _finished(completion: Sequence[str]) -> list[str] | None:
+    """The words before a single final '<eos>', or None if the completion is unfinished
+    or has '<eos>' elsewhere."""
+    if len(completion) == 0 or completion[-1] != EOS or EOS in completion[:-1]:
+        return None
+    return list(completion[:-1])
+
+
+# ====================================================================== sorting
+
+@dataclass
+class SortWorld(World):
+    """'sort 3 1 2 :' -> '1 2 3 <eos>'. One right answer per prompt.
+
+    reward="exact":    1 if the answer is the sorted digits, else 0.
+    reward="position": the fraction of positions holding the right digit (0 if malformed).
+    """
+
+    n_digits: int = 8
+    reward_type: str = "exact"
+    name: str = field(default="sort", init=False)
+
+    def __post_init__(self):
+        if self.n_digits < 1:
+            raise ValueError(f"n_digits must be >= 1, got {self.n_digits}")
+        if self.reward_type not in ("exact", "position"):
+            raise ValueError(f"reward_type must be 'exact' or 'position', got {self.reward_type!r}")
+        self.max_new_tokens = self.n_digits + 1
+
+    @property
+    def vocab(self) -> list[str]:
+        return ["sort", ":", *DIGITS]
+
+    def sample_prompt(self, rng):
+        return ["sort", *(rng.choice(DIGITS) for _ in range(self.n_digits)), ":"]
+
+    def digits_of(self, prompt: Sequence[str]) -> list[str]:
+        if len(prompt) != self.n_digits + 2 or prompt[0] != "sort" or prompt[-1] != ":":
+            raise ValueError(f"prompt is not a {self.n_digits}-digit sort prompt: {list(prompt)}")
+        return list(prompt[1:-1])
+
+    def answer(self, prompt, rng=None):
+        return sorted(self.digits_of(prompt))
+
+    def position_rewards(self, prompt, completion) -> list[float]:
+        """Per-digit correctness (1/0) of a well-formed answer; None-like empty list if malformed.
+
+        >>> SortWorld(3).position_rewards(["sort", "3", "1", "2", ":"], ["1", "3", "2", "<eos>"])
+        [1.0, 0.0, 0.0]
+        """
+        target = self.answer(prompt)
+        words = _finished(completion)
+        if words is None or len(words) != self.n_digits or any(w not in DIGITS for w in words):
+            return []
+        return [float(a == b) for a, b in zip(words, target)]
+
+    def reward(self, prompt, completion):
+        per_position = self.position_rewards(prompt, completion)
+        if not per_position:
+            return 0.0
+        if self.reward_type == "exact":
+            return float(all(per_position))
+        return sum(per_position) / self.n_digits
+
+
+# ====================================================================== target sum
+
+@dataclass
+class TargetSumWorld(World):
+    """'sum 12 :' -> any n digits adding up to 12, e.g. '3 0 9 0 <eos>'. Many right answers.
+
+    reward: 1 if the digits sum to the target, else 0 (also 0 if malformed).
+    """
+
+    n_digits: int = 4
+    name: str = field(default="target_sum", init=False)
+
+    def __post_init__(self):
+        if self.n_digits < 1:
+            raise ValueError(f"n_digits must be >= 1, got {self.n_digits}")
+        self.max_new_tokens = self.n_digits + 1
+
+    @property
+    def vocab(self) -> list[str]:
+        return ["sum", ":", *(str(t) for t in range(9 * self.n_digits + 1))]
+
+    def sample_prompt(self, rng):
+        # targets drawn as the sum of random digits: the same spread as the SFT answers
+        return ["sum", str(sum(rng.randrange(10) for _ in range(self.n_digits))), ":"]
+
+    def target_of(self, prompt) -> int:
+        if len(prompt) != 3 or prompt[0] != "sum" or prompt[2] != ":" or not prompt[1].isdigit():
+            raise ValueError(f"prompt is not a target-sum prompt: {list(prompt)}")
+        return int(prompt[1])
+
+    def answer(self, prompt, rng):
+        """A uniformly random digit string with the target sum (rejection sampling)."""
+        target = self.target_of(prompt)
+        if target > 9 * self.n_digits:
+            raise ValueError(f"target {target} is out of reach for {self.n_digits} digits")
+        while True:
+            digits = [rng.randrange(10) for _ in range(self.n_digits)]
+            if sum(digits) == target:
+                return [str(d) for d in digits]
+
+    def reward(self, prompt, completion):
+        target = self.target_of(prompt)
+        words = _finished(completion)
+        if words is None or len(words) != self.n_digits or any(w not in DIGITS for w in words):
+            return 0.0
+        return float(sum(int(w) for w in words) == target)
+
+
+# ====================================================================== sentiment grammar
+
+# noun -> (verbs, {adjective: (polarity, weight in the SFT data)})
+SENTIMENT_GRAMMAR: dict[str, tuple[tuple[str, ...], dict[str, tuple[int, float]]]] = {
+    "sky": (("is", "was"), {"blue": (1, 6), "clear": (1, 2), "bright": (1, 1), "grey": (-1, 2), "dark": (-1, 1), "cloudy": (-1, 1)}),
+    "food": (("is", "was"), {"great": (1, 3), "tasty": (1, 2), "fresh": (1, 1), "bland": (-1, 2), "cold": (-1, 1), "awful": (-1, 1)}),
+    "movie": (("is", "was"), {"great": (1, 2), "fun": (1, 2), "moving": (1, 1), "boring": (-1, 2), "long": (-1, 1), "awful": (-1, 1)}),
+    "weather": (("is", "was"), {"warm": (1, 2), "sunny": (1, 2), "mild": (1, 1), "cold": (-1, 2), "wet": (-1, 2), "awful": (-1, 1)}),
+    "hotel": (("is", "was"), {"clean": (1, 2), "quiet": (1, 2), "cheap": (1, 1), "dirty": (-1, 2), "noisy": (-1, 2), "small": (-1, 1)}),
+    "service": (("is", "was"), {"quick": (1, 2), "friendly": (1, 2), "great": (1, 1), "slow": (-1, 2), "rude": (-1, 2), "awful": (-1, 1)}),
+    "staff": (("are", "were"), {"kind": (1, 2), "friendly": (1, 2), "helpful": (1, 1), "rude": (-1, 2), "slow": (-1, 2), "lazy": (-1, 1)}),
+    "rooms": (("are", "were"), {"clean": (1, 2), "quiet": (1, 2), "large": (1, 1), "dirty": (-1, 2), "noisy": (-1, 2), "small": (-1, 1)}),
+}
+
+
+@dataclass
+class SentimentWorld(World):
+    """'the sky is' -> 'blue <eos>', 'the food was very tasty and fresh <eos>', ...
+
+    A completion is  [very] ADJ [and [very] ADJ2] <eos>  with adjectives that fit the noun
+    (the sky can be blue, not tasty) and ADJ2 != ADJ. The true reward of a grammatical
+    answer is the sum of its adjectives' polarities (+1/-1), doubled by 'very', so it
+    runs from -4 to +4; anything ungrammatical gets `ungrammatical_reward` (-5), below
+    every sentence.
+
+    >>> SentimentWorld().reward(["the", "sky", "is"], ["very", "blue", "<eos>"])
+    2.0
+    """
+
+    p_very: float = 0.25
+    p_and: float = 0.3
+    ungrammatical_reward: float = -5.0
+    name: str = field(default="sentiment", init=False)
+
+    def __post_init__(self):
+        self.max_new_tokens = 6  # very ADJ and very ADJ <eos>
+
+    @property
+    def vocab(self) -> list[str]:
+        words = ["the", "very", "and"]
+        for noun, (verbs, adjectives) in SENTIMENT_GRAMMAR.items():
+            words += [noun, *verbs, *adjectives]
+        return list(dict.fromkeys(words))
+
+    def sample_prompt(self, rng):
+        noun = rng.choice(list(SENTIMENT_GRAMMAR))
+        return ["the", noun, rng.choice(SENTIMENT_GRAMMAR[noun][0])]
+
+    def adjectives(self, prompt) -> dict[str, tuple[int, float]]:
+        if len(prompt) != 3 or prompt[0] != "the" or prompt[1] not in SENTIMENT_GRAMMAR \
+                or prompt[2] not in SENTIMENT_GRAMMAR[prompt[1]][0]:
+            raise ValueError(f"prompt is not a sentiment prompt ('the NOUN VERB'): {list(prompt)}")
+        return SENTIMENT_GRAMMAR[prompt[1]][1]
+
+    def answer(self, prompt, rng):
+        adjectives = self.adjectives(prompt)
+        words, weights = list(adjectives), [w for _, w in adjectives.values()]
+        first = rng.choices(words, weights)[0]
+        out = (["very"] if rng.random() < self.p_very else []) + [first]
+        if rng.random() < self.p_and:
+            rest = [w for w in words if w != first]
+            second = rng.choices(rest, [adjectives[w][1] for w in rest])[0]
+            out += ["and", *(["very"] if rng.random() < self.p_very else []), second]
+        return out
+
+    def parse(self, prompt, completion) -> list[tuple[str, bool]] | None:
+        """[(adjective, has_very), ...] of a grammatical completion, else None.
+
+        >>> SentimentWorld().parse(["the", "sky", "is"], ["very", "blue", "and", "clear", "<eos>"])
+        [('blue', True), ('clear', False)]
+        """
+        adjectives = self.adjectives(prompt)
+        words = _finished(completion)
+        if words is None:
+            return None
+        phrases, i = [], 0
+        while True:
+            very = i < len(words) and words[i] == "very"
+            i += very
+            if i >= len(words) or words[i] not in adjectives:
+                return None
+            phrases.append((words[i], very))
+            i += 1
+            if i == len(words):
+                break
+            if words[i] != "and" or len(phrases) == 2:
+                return None
+            i += 1
+        if len(phrases) == 2 and phrases[0][0] == phrases[1][0]:
+            return None
+        return phrases
+
+    def is_grammatical(self, prompt, completion) -> bool:
+        return self.parse(prompt, completion) is not None
+
+    def reward(self, prompt, completion):
+        phrases = self.parse(prompt, completion)
+        if phrases is None:
+            return self.ungrammatical_reward
+        polarity = self.adjectives(prompt)
+        return float(sum(polarity[a][0] * (2 if very else 1) for a, very in phrases))
+
+
+WORLDS = {"sort": SortWorld, "target_sum": TargetSumWorld, "sentiment": SentimentWorld}
+
+
+def make_world(name: str, **kwargs) -> World:
+    """A world by name: 'sort', 'target_sum' or 'sentiment'."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r}; choose from {sorted(WORLDS)}")
+    return WORLDS[name](**kwargs)
+
+
+# ====================================================================== preference data
+
+@dataclass
+class PreferencePairs:
+    """Paired preferences: for each prompt a chosen (y_w) and a rejected (y_l) completion."""
+
+    chosen: Batch
+    rejected: Batch
+    chosen_reward: torch.Tensor
+    rejected_reward: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+
+def sample_groups(world: World, model, tokenizer, n_prompts: int, group_size: int, seed: int = 0,
+                  max_new_tokens: int | None = None, temperature: float = 1.0):
+    """n_prompts prompts, each sampled group_size times (rows laid out group after group).
+    Returns (Batch, true rewards [n_prompts * group_size])."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    prompts = [p for p in world.prompts(n_prompts, seed) for _ in range(group_size)]
+    batch = sample(model, tokenizer, prompts, max_new_tokens or world.max_new_tokens, temperature=temperature)
+    return batch, world.score(batch, tokenizer).to(batch.completion_ids.device)
+
+
+def preference_pairs(world: World, model, tokenizer, n_prompts: int, samples_per_prompt: int = 4,
+                     seed: int = 0, max_new_tokens: int | None = None) -> PreferencePairs:
+    """Pairs from the model's own samples, ranked by the true reward: for each prompt the
+    best sample is chosen and the worst rejected; prompts whose samples all tie are dropped."""
+    if samples_per_prompt < 2:
+        raise ValueError(f"samples_per_prompt must be >= 2, got {samples_per_prompt}")
+    batch, r = sample_groups(world, model, tokenizer, n_prompts, samples_per_prompt, seed, max_new_tokens)
+    grouped = r.view(n_prompts, samples_per_prompt)
+    best, worst = grouped.argmax(1), grouped.argmin(1)
+    keep = grouped.max(1).values > grouped.min(1).values
+    offsets = torch.arange(n_prompts, device=r.device) * samples_per_prompt
+    w, l = (offsets + best)[keep], (offsets + worst)[keep]
+    return PreferencePairs(batch.index(w), batch.index(l), r[w], r[l])
+
+
+def pairs_from_text(tokenizer, world: World, triples: Sequence[tuple]) -> PreferencePairs:
+    """PreferencePairs from (prompt, chosen, rejected) word lists (no '<eos>')."""
+    prompts = [as_words(p) for p, _, _ in triples]
+    chosen = make_batch(tokenizer, prompts, [c for _, c, _ in triples])
+    rejected = make_batch(tokenizer, prompts, [r for _, _, r in triples])
+    return PreferencePairs(chosen, rejected, world.score(chosen, tokenizer), world.score(rejected, tokenizer))
+
+
+@dataclass
+class UnpairedFeedback:
+    """KTO-style data: single completions labelled desirable (True) or undesirable."""
+
+    batch: Batch
+    desirable: torch.Tensor
+    reward: torch.Tensor
+
+
+def unpaired_feedback(world: World, model, tokenizer, n: int, threshold: float, seed: int = 0,
+                      max_new_tokens: int | None = None) -> UnpairedFeedback:
+    """n of the model's samples, labelled desirable when their true reward > threshold."""
+    batch, r = sample_groups(world, model, tokenizer, n, 1, seed, max_new_tokens)
+    return UnpairedFeedback(batch, r > threshold, r)
+
+
+def merge_pairs(parts: Sequence[PreferencePairs], pad_token_id: int) -> PreferencePairs:
+    """Concatenate several PreferencePairs (e.g. the rounds of iterative DPO)."""
+    return PreferencePairs(concat_batches([p.chosen for p in parts], pad_token_id),
+                           concat_batches([p.rejected for p in parts], pad_token_id),
+                           torch.cat([p.chosen_reward for p in parts]),
+                           torch.cat([p.rejected_reward for p in parts]))
