@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from rlbook.device import default_device
 from rlbook.lm import load, save, tiny_lm
@@ -75,6 +76,7 @@ def sft_model(world: World | str, model_config: dict | None = None, sft_config: 
     # write to a temporary folder, then move it in place: a half-written entry never loads
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+    hf_logging.disable_progress_bar()  # a bar for writing one small file is noise in a notebook
     save(model, tokenizer, tmp)
     (tmp / "history.json").write_text(json.dumps(history))
     if path.exists():

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from rlbook.lm import completion_logprobs, make_batch
+from rlbook.lm import Batch, completion_logprobs, make_batch
 from rlbook.masked import masked_mean
+from rlbook.tasks import sample_groups
 
 
 def sft_loss(model, batch) -> torch.Tensor:
@@ -48,4 +50,91 @@ def sft(model, tokenizer, examples: Sequence[tuple], steps: int, batch_size: int
         schedule.step()
         history["loss"].append(loss.item())
     model.eval()
+    return dict(history)
+
+
+# ---------------------------------------------------------------- on-policy RL
+
+@dataclass
+class RLConfig:
+    """Settings of the on-policy loop (rollout -> score -> update)."""
+
+    iterations: int = 100
+    """Number of rollout/update rounds."""
+    prompts_per_iter: int = 16
+    """Distinct prompts sampled each round."""
+    group_size: int = 8
+    """Completions sampled per prompt (G); rows are laid out group after group."""
+    inner_steps: int = 1
+    """Gradient steps on each batch of samples (PPO/GRPO epochs); > 1 makes pi_theta != pi_old."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm (None: no clipping)."""
+    temperature: float = 1.0
+    """Sampling temperature; 1.0 samples pi_theta itself, which the estimators assume."""
+    seed: int = 0
+    """Seeds the prompts of round i (seed + i) and torch's sampler."""
+
+
+@dataclass
+class Rollout:
+    """One round of samples and everything scored on them before the update.
+
+    batch: the sampled Batch; rewards [B] (true or learned); old_logp [B, T] under the
+    sampling policy pi_old; ref_logp [B, T] under pi_ref (None without a reference).
+    """
+
+    batch: Batch
+    rewards: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None
+    group_size: int
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch.completion_mask
+
+
+def on_policy(policy, tokenizer, world, loss_fn: Callable, config: RLConfig = RLConfig(), ref=None,
+              reward_fn: Callable | None = None, extra_params=(), progress: bool = True,
+              callback: Callable | None = None) -> dict[str, list[float]]:
+    """The loop every on-policy chapter shares: sample G completions for each of a few
+    prompts, score them, record old and reference log-probs, then take `inner_steps`
+    gradient steps on `loss_fn(logp, rollout) -> (loss, metrics)`.
+
+    reward_fn(batch) -> [B] replaces the world's true reward (e.g. a learned reward model);
+    the true reward is logged either way as "true_reward". `extra_params` (e.g. a critic's)
+    join the optimizer. `callback(iteration, policy, history)` runs after each round.
+    """
+    device = next(policy.parameters()).device
+    params = [*policy.parameters(), *extra_params]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    torch.manual_seed(config.seed)
+    history = defaultdict(list)
+    for it in tqdm(range(config.iterations), desc="RL", disable=not progress):
+        batch, true_reward = sample_groups(world, policy, tokenizer, config.prompts_per_iter, config.group_size,
+                                           seed=config.seed + it, temperature=config.temperature)
+        rewards = reward_fn(batch).detach().to(device) if reward_fn is not None else true_reward
+        with torch.no_grad():
+            old_logp = completion_logprobs(policy, batch)
+            ref_logp = completion_logprobs(ref, batch) if ref is not None else None
+        rollout = Rollout(batch, rewards, old_logp, ref_logp, config.group_size)
+        policy.train()
+        for _ in range(config.inner_steps):
+            loss, metrics = loss_fn(completion_logprobs(policy, batch), rollout)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+        policy.eval()
+        history["reward"].append(rewards.mean().item())
+        history["true_reward"].append(true_reward.mean().item())
+        history["loss"].append(loss.item())
+        history["length"].append(batch.lengths.float().mean().item())
+        for k, v in metrics.items():
+            history[k].append(float(v))
+        if callback is not None:
+            callback(it, policy, history)
     return dict(history)
