@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast)
+from transformers.utils import logging as hf_logging
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 
@@ -122,12 +123,16 @@ def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
     return ref
 
 
+# transformers shows progress bars for writing and loading weights; for files this small they are noise
+
 def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path) -> None:
+    hf_logging.disable_progress_bar()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 
 def load(path, device: torch.device | str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     return model, tokenizer

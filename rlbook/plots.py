@@ -1,0 +1,61 @@
+"""Matplotlib figures that several notebooks share."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average (the first points average what is there so far)."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def next_token_bars(dist: dict[str, float], top: int = 12, highlight: str | None = None, ax=None, title=None):
+    """Bar chart of pi(. | s) from `lm.next_token_distribution`, the `top` most likely words."""
+    ax = ax or plt.subplots(figsize=(8, 3))[1]
+    words = list(dist)[:top]
+    probs = [dist[w] for w in words]
+    colors = ["tab:orange" if w == highlight else "tab:blue" for w in words]
+    ax.bar(words, probs, color=colors)
+    ax.set_ylabel("probability")
+    ax.tick_params(axis="x", rotation=45)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def curves(history: dict[str, list[float]], keys: Sequence[str], ax=None, window: int = 1, label_prefix: str = "",
+           xlabel: str = "step"):
+    """Plot history[key] for each key (optionally smoothed) on one axis."""
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    for k in keys:
+        ax.plot(smooth(history[k], window), label=f"{label_prefix}{k}")
+    ax.set_xlabel(xlabel)
+    ax.legend()
+    return ax
+
+
+def reward_histogram(rewards: torch.Tensor, ax=None, bins=None, title=None):
+    """Histogram of per-sample rewards."""
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    r = rewards.detach().cpu().float()
+    if bins is None:
+        lo, hi = r.min().item(), r.max().item()
+        bins = torch.arange(lo - 0.5, hi + 1.0, 1.0).tolist() if r.eq(r.round()).all() else 20
+    ax.hist(r.numpy(), bins=bins, rwidth=0.9)
+    ax.set_xlabel("reward")
+    ax.set_ylabel("samples")
+    if title:
+        ax.set_title(title)
+    return ax
