@@ -191,12 +191,15 @@ def fit_critic(critic, batch: Batch, returns: torch.Tensor, steps: int, batch_si
                seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
     """Regress the critic's V(s_t) on fixed targets (e.g. Monte-Carlo returns of sampled
     completions): minimise 1/2 (V(s_t) - returns_t)^2 over completion tokens, minibatches of
-    rows drawn with replacement. batch: the completions; returns: `[B, T]`. Logs "loss"."""
+    rows drawn with replacement, AdamW with the learning rate decaying linearly to 0 (the
+    targets are noisy: the decay averages over many minibatches). batch: the completions;
+    returns: `[B, T]`. Logs "loss"."""
     if returns.shape != batch.completion_mask.shape:
         raise ValueError(f"returns has shape {tuple(returns.shape)} but the batch's completions are "
                          f"{tuple(batch.completion_mask.shape)}")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(critic.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     history = defaultdict(list)
     critic.train()
     for _ in tqdm(range(steps), desc="critic", disable=not progress):
@@ -207,6 +210,7 @@ def fit_critic(critic, batch: Batch, returns: torch.Tensor, steps: int, batch_si
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         history["loss"].append(loss.item())
     critic.eval()
     return dict(history)
