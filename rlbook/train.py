@@ -183,6 +183,7 @@ def train_reward_model(reward_model, pairs, steps: int, batch_size: int = 64, lr
         optimizer.step()
         history["loss"].append(loss.item())
         history["accuracy"].append((chosen > rejected).float().mean().item())
+    optimizer.zero_grad(set_to_none=True)  # a trained model should not carry its last gradients around
     reward_model.eval()
     return dict(history)
 
@@ -212,5 +213,22 @@ def fit_critic(critic, batch: Batch, returns: torch.Tensor, steps: int, batch_si
         optimizer.step()
         schedule.step()
         history["loss"].append(loss.item())
+    optimizer.zero_grad(set_to_none=True)
     critic.eval()
     return dict(history)
+
+
+def memory_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Bytes a model holds, read off its tensors: "weights" (parameters and buffers),
+    "grads" (gradients present now) and "optimizer" (the optimizer's state for this
+    model's parameters, e.g. Adam's two moments; 0 before its first step)."""
+    params = list(model.parameters())
+    size = lambda t: t.numel() * t.element_size()
+    weights = sum(size(p) for p in params) + sum(size(b) for b in model.buffers())
+    grads = sum(size(p.grad) for p in params if p.grad is not None)
+    state = 0
+    if optimizer is not None:
+        ids = {id(p) for p in params}
+        state = sum(size(v) for p, s in optimizer.state.items() if id(p) in ids
+                    for v in s.values() if torch.is_tensor(v))
+    return {"weights": weights, "grads": grads, "optimizer": state}

@@ -158,3 +158,17 @@ def test_reward_model_learns_held_out_preferences(trained_sentiment):
         manual = (reward_scores(rm, held.chosen) > reward_scores(rm, held.rejected)).float().mean().item()
     assert preference_accuracy(rm, held, batch_size=7) == pytest.approx(manual)
     assert manual > 0.65  # 0.76 measured on 51 pairs; a coin gives 0.5
+
+
+def test_memory_bytes_counts_weights_grads_and_adam_moments():
+    from rlbook.train import memory_bytes
+
+    model = torch.nn.Linear(3, 4)  # 12 weights + 4 biases, float32
+    assert memory_bytes(model) == {"weights": 16 * 4, "grads": 0, "optimizer": 0}
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(2, 3)).sum().backward()
+    optimizer.step()
+    got = memory_bytes(model, optimizer)
+    # two moments per parameter, plus a one-element step counter per parameter tensor
+    step_bytes = sum(s["step"].numel() * s["step"].element_size() for s in optimizer.state.values())
+    assert got == {"weights": 64, "grads": 64, "optimizer": 2 * 64 + step_bytes}
