@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 
 from rlbook.advantages import gae, whiten
-from rlbook.checks import check_finite, check_log_probs, check_mask, check_positive, check_same_shape
+from rlbook.checks import (check_finite, check_log_probs, check_mask, check_positive, check_same_shape,
+                           check_unit_interval)
 from rlbook.lm import completion_logits
 from rlbook.masked import masked_mean, masked_reduce, masked_sum
 from rlbook.value import explained_variance, value_loss, values
@@ -271,6 +272,10 @@ class PPOLoss:
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        check_unit_interval(gamma=self.gamma, lam=self.lam)
+        check_positive(eps=self.eps)
+        if self.drift_beta < 0 or self.vf_coef < 0:
+            raise ValueError(f"drift_beta and vf_coef must be >= 0, got {self.drift_beta} and {self.vf_coef}")
         if self.variant not in ("clip", "klpen"):
             raise ValueError(f"variant must be 'clip' or 'klpen', got {self.variant!r}")
         if self.variant == "klpen" and self.kl_controller is None:

@@ -267,3 +267,40 @@ def test_ppo_klpen_in_on_policy_logs_the_beta_it_used(sentiment):
                   ref=ref, progress=False)
     with pytest.raises(ValueError, match="kl_controller"):
         PPOLoss(critic, variant="klpen")
+
+
+def test_ppo_loss_rejects_bad_settings(sentiment):
+    critic = critic_model(sentiment[2])
+    with pytest.raises(ValueError, match="lam"):
+        PPOLoss(critic, lam=1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        PPOLoss(critic, gamma=-0.1)
+    with pytest.raises(ValueError, match="drift_beta"):
+        PPOLoss(critic, drift_beta=-1.0)
+    with pytest.raises(ValueError, match="variant"):
+        PPOLoss(critic, variant="trpo")
+
+
+def test_a_huge_critic_loss_does_not_change_the_policy_update(sentiment):
+    """on_policy clips the policy's and the extra parameters' gradient norms separately, so
+    adding a critic loss (however large) leaves the policy's trajectory exactly as it was."""
+    world, tok, model = sentiment
+
+    def run(critic_weight):
+        policy = frozen_copy(model)
+        for p in policy.parameters():
+            p.requires_grad_(True)
+        critic = critic_model(model)
+
+        def loss_fn(logp, rollout):
+            adv = torch.randn(len(rollout.batch), generator=torch.Generator().manual_seed(0))
+            critic_loss = (critic(input_ids=rollout.batch.input_ids).logits - 100.0).pow(2).mean()
+            return ppo_clip_loss(logp, rollout.old_logp, adv, rollout.mask) + critic_weight * critic_loss, {}
+
+        config = RLConfig(iterations=2, prompts_per_iter=2, group_size=2, inner_steps=3, lr=1e-2, max_grad_norm=0.5)
+        on_policy(policy, tok, world, loss_fn, config, extra_params=critic.parameters(), progress=False)
+        return torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
+
+    without, with_critic = run(0.0), run(1e6)
+    assert not torch.equal(without, torch.cat([p.reshape(-1) for p in model.parameters()]))  # the policy did move
+    assert torch.allclose(without, with_critic, atol=1e-6)
