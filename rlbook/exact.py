@@ -137,3 +137,62 @@ def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
     if nu == 0 or nv == 0:
         return 0.0
     return (u @ v / (nu * nv)).item()
+
+
+# ---------------------------------------------------------------- values, advantages and estimator moments
+
+@torch.no_grad()
+def action_values(policy: TabularPolicy, returns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Q(s_t, a_t) and V(s_t) along every sequence, for a reward R(tau) received at the end.
+
+        V(s_t)      = E[R | a_<t]        (average over all continuations of the prefix)
+        Q(s_t, a_t) = E[R | a_<=t]       (= V(s_{t+1}); = R(tau) itself at the last step)
+
+    returns: `[V^T]`, R of each sequence in `sequences()` order. Gives (Q, V), each `[V^T, T]`;
+    the exact advantage is Q - V.
+    """
+    seqs = policy.sequences()
+    if returns.shape != (seqs.shape[0],):
+        raise ValueError(f"returns must have shape {(seqs.shape[0],)}, got {tuple(returns.shape)}")
+    p = policy.probs()
+    N, T = seqs.shape
+
+    def conditional_mean(prefix_len: int) -> torch.Tensor:
+        """E[R | first prefix_len tokens] for every sequence: [N]."""
+        code = torch.zeros(N, dtype=torch.long)
+        for t in range(prefix_len):
+            code = code * policy.vocab_size + seqs[:, t]
+        mass = torch.zeros(policy.vocab_size ** prefix_len, dtype=p.dtype).index_add_(0, code, p)
+        total = torch.zeros_like(mass).index_add_(0, code, p * returns.to(p.dtype))
+        return (total / mass)[code]
+
+    V = torch.stack([conditional_mean(t) for t in range(T)], dim=1)
+    Q = torch.stack([conditional_mean(t + 1) for t in range(T)], dim=1)
+    return Q, V
+
+
+def token_score_gradients(policy: TabularPolicy, seqs: torch.Tensor) -> torch.Tensor:
+    """grad_theta log pi(a_t | s_t) for every token of every sequence, flattened: `[N, T, P]`
+    with P = the number of logits. A per-trajectory estimator sum_t Phi_t * grad log pi
+    is then `einsum('ntp,nt->np', grads, Phi)`."""
+    logp = policy.token_logprobs(seqs)
+    N, T = logp.shape
+    return torch.stack([torch.stack([flat_grad(logp[n, t], policy.logits, retain_graph=True) for t in range(T)])
+                        for n in range(N)])
+
+
+def estimator_moments(policy: TabularPolicy, estimates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact mean and total variance of a one-trajectory estimator tau -> estimates[tau]
+    (`[V^T, P]`, one row per sequence in `sequences()` order) under tau ~ pi:
+
+        mean = sum_tau P(tau) g(tau),   variance = sum_tau P(tau) ||g(tau) - mean||^2
+
+    The bias of a gradient estimator is then mean - exact_gradient(policy, R).
+    """
+    with torch.no_grad():
+        p = policy.probs()
+    if estimates.dim() != 2 or estimates.shape[0] != p.shape[0]:
+        raise ValueError(f"estimates must be [{p.shape[0]}, P], got shape {tuple(estimates.shape)}")
+    mean = (p.unsqueeze(1) * estimates).sum(0)
+    variance = (p * ((estimates - mean) ** 2).sum(1)).sum()
+    return mean, variance

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from rlbook.checks import check_mask
+from rlbook.checks import check_mask, check_reduction
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor | None, dim: int | None = None) -> torch.Tensor:
@@ -62,3 +62,19 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean:
     if not shift_mean:
         out = out + mean
     return torch.where(m.bool(), out, torch.zeros_like(out))
+
+
+def masked_reduce(x: torch.Tensor, mask: torch.Tensor | None, reduction: str = "mean") -> torch.Tensor:
+    """torch's loss reduction over the unmasked entries of a per-token loss `[B, T]`:
+    "mean" = mean over all unmasked tokens, "sum" = their sum, "none" = `x` with masked entries 0.
+
+    >>> masked_reduce(torch.tensor([[1., 2., 9.]]), torch.tensor([[1, 1, 0]]), "none")
+    tensor([[1., 2., 0.]])
+    """
+    check_reduction(reduction)
+    m = check_mask(mask, x, "x")
+    if reduction == "mean":
+        return masked_mean(x, m)
+    if reduction == "sum":
+        return masked_sum(x, m)
+    return torch.where(m.bool(), x, torch.zeros_like(x))

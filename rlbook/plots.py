@@ -59,3 +59,40 @@ def reward_histogram(rewards: torch.Tensor, ax=None, bins=None, title=None):
     if title:
         ax.set_title(title)
     return ax
+
+
+def token_bars(words: Sequence[str], series: dict[str, Sequence[float]], ax=None, title=None, ylabel=None):
+    """Grouped bars, one group per token: e.g. the advantage each estimator gives each word."""
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    width = 0.8 / max(len(series), 1)
+    for k, (label, values) in enumerate(series.items()):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(words))]
+        ax.bar(xs, list(values), width=width, label=label)
+    ax.set_xticks(range(len(words)))
+    ax.set_xticklabels(words)
+    ax.axhline(0, color="grey", lw=0.8)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def ppo_clip_objective(eps: float = 0.2, advantages: Sequence[float] = (1.0, -1.0), ax=None, r_max: float = 2.0):
+    """L^CLIP against the ratio r for a single token, one curve per advantage, with the
+    unclipped surrogate r * A dashed and the clip range shaded (computed by ppo.ppo_clip_loss)."""
+    from rlbook.ppo import ppo_clip_loss
+
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    r = torch.linspace(0.01, r_max, 400)
+    logp, old_logp = torch.log(r).unsqueeze(1) - 1.0, torch.full((len(r), 1), -1.0)
+    for a in advantages:
+        objective = -ppo_clip_loss(logp, old_logp, torch.full((len(r),), a), eps=eps, reduction="none")[:, 0]
+        line, = ax.plot(r, objective, label=f"L^CLIP, A = {a:+g}")
+        ax.plot(r, r * a, ls="--", color=line.get_color(), alpha=0.5, label=f"r A, A = {a:+g}")
+    ax.axvspan(1 - eps, 1 + eps, color="grey", alpha=0.15, label=f"1 ± ε (ε = {eps})")
+    ax.set_xlabel("ratio r = π_θ / π_old")
+    ax.set_ylabel("objective (per token)")
+    ax.legend(fontsize=8)
+    return ax

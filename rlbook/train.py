@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from rlbook.lm import Batch, completion_logprobs, make_batch
 from rlbook.masked import masked_mean
 from rlbook.tasks import sample_groups
+from rlbook.value import bradley_terry_loss, reward_scores, value_loss, values
 
 
 def sft_loss(model, batch) -> torch.Tensor:
@@ -90,6 +91,10 @@ class Rollout:
     old_logp: torch.Tensor
     ref_logp: torch.Tensor | None
     group_size: int
+    old_logits: torch.Tensor | None = None
+    """[B, T, V] next-token logits under pi_old (only with on_policy(..., with_logits=True))."""
+    ref_logits: torch.Tensor | None = None
+    """[B, T, V] next-token logits under pi_ref (only with with_logits=True and a reference)."""
 
     @property
     def mask(self) -> torch.Tensor:
@@ -98,17 +103,22 @@ class Rollout:
 
 def on_policy(policy, tokenizer, world, loss_fn: Callable, config: RLConfig = RLConfig(), ref=None,
               reward_fn: Callable | None = None, extra_params=(), progress: bool = True,
-              callback: Callable | None = None) -> dict[str, list[float]]:
+              callback: Callable | None = None, with_logits: bool = False) -> dict[str, list[float]]:
     """The loop every on-policy chapter shares: sample G completions for each of a few
     prompts, score them, record old and reference log-probs, then take `inner_steps`
     gradient steps on `loss_fn(logp, rollout) -> (loss, metrics)`.
 
     reward_fn(batch) -> [B] replaces the world's true reward (e.g. a learned reward model);
     the true reward is logged either way as "true_reward". `extra_params` (e.g. a critic's)
-    join the optimizer. `callback(iteration, policy, history)` runs after each round.
+    join the optimizer; their gradient norm is clipped on its own, so that a large critic
+    loss cannot shrink the policy's step. `callback(iteration, policy, history)` runs after
+    each round. With `with_logits`, the rollout also keeps the full next-token logits
+    (`old_logits`, `ref_logits`, `[B, T, V]`) and the loss is called as
+    `loss_fn(logp, rollout, logits)`, for exact KLs over the vocabulary.
     """
     device = next(policy.parameters()).device
-    params = [*policy.parameters(), *extra_params]
+    policy_params, extra_params = list(policy.parameters()), list(extra_params)
+    params = [*policy_params, *extra_params]
     optimizer = torch.optim.Adam(params, lr=config.lr)
     torch.manual_seed(config.seed)
     history = defaultdict(list)
@@ -117,16 +127,24 @@ def on_policy(policy, tokenizer, world, loss_fn: Callable, config: RLConfig = RL
                                            seed=config.seed + it, temperature=config.temperature)
         rewards = reward_fn(batch).detach().to(device) if reward_fn is not None else true_reward
         with torch.no_grad():
-            old_logp = completion_logprobs(policy, batch)
-            ref_logp = completion_logprobs(ref, batch) if ref is not None else None
-        rollout = Rollout(batch, rewards, old_logp, ref_logp, config.group_size)
+            old_logp, old_logits = completion_logprobs(policy, batch, return_logits=True)
+            ref_logp, ref_logits = (completion_logprobs(ref, batch, return_logits=True) if ref is not None
+                                    else (None, None))
+        rollout = Rollout(batch, rewards, old_logp, ref_logp, config.group_size,
+                          old_logits if with_logits else None, ref_logits if with_logits else None)
         policy.train()
         for _ in range(config.inner_steps):
-            loss, metrics = loss_fn(completion_logprobs(policy, batch), rollout)
+            if with_logits:
+                logp, logits = completion_logprobs(policy, batch, return_logits=True)
+                loss, metrics = loss_fn(logp, rollout, logits)
+            else:
+                loss, metrics = loss_fn(completion_logprobs(policy, batch), rollout)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                for group in (policy_params, extra_params):
+                    if group:
+                        torch.nn.utils.clip_grad_norm_(group, config.max_grad_norm)
             optimizer.step()
         policy.eval()
         history["reward"].append(rewards.mean().item())
@@ -138,3 +156,79 @@ def on_policy(policy, tokenizer, world, loss_fn: Callable, config: RLConfig = RL
         if callback is not None:
             callback(it, policy, history)
     return dict(history)
+
+
+# ---------------------------------------------------------------- learned scorers (chapters 03-04)
+
+def train_reward_model(reward_model, pairs, steps: int, batch_size: int = 64, lr: float = 1e-3,
+                       seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
+    """Fit a Bradley-Terry reward model on preference pairs (`tasks.PreferencePairs`) with
+    AdamW: minimise -log sigma(r(x, y_w) - r(x, y_l)) over minibatches drawn with
+    replacement. Logs "loss" and "accuracy" (the minibatch's fraction with r_w > r_l)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if len(pairs) == 0:
+        raise ValueError("pairs is empty")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=lr)
+    history = defaultdict(list)
+    reward_model.train()
+    for _ in tqdm(range(steps), desc="reward model", disable=not progress):
+        rows = torch.randint(len(pairs), (batch_size,), generator=generator).tolist()
+        chosen = reward_scores(reward_model, pairs.chosen.index(rows))
+        rejected = reward_scores(reward_model, pairs.rejected.index(rows))
+        loss = bradley_terry_loss(chosen, rejected)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history["loss"].append(loss.item())
+        history["accuracy"].append((chosen > rejected).float().mean().item())
+    optimizer.zero_grad(set_to_none=True)  # a trained model should not carry its last gradients around
+    reward_model.eval()
+    return dict(history)
+
+
+def fit_critic(critic, batch: Batch, returns: torch.Tensor, steps: int, batch_size: int = 64, lr: float = 1e-3,
+               seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
+    """Regress the critic's V(s_t) on fixed targets (e.g. Monte-Carlo returns of sampled
+    completions): minimise 1/2 (V(s_t) - returns_t)^2 over completion tokens, minibatches of
+    rows drawn with replacement, AdamW with the learning rate decaying linearly to 0 (the
+    targets are noisy: the decay averages over many minibatches). batch: the completions;
+    returns: `[B, T]`. Logs "loss"."""
+    if returns.shape != batch.completion_mask.shape:
+        raise ValueError(f"returns has shape {tuple(returns.shape)} but the batch's completions are "
+                         f"{tuple(batch.completion_mask.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    history = defaultdict(list)
+    critic.train()
+    for _ in tqdm(range(steps), desc="critic", disable=not progress):
+        rows = torch.randint(len(batch), (batch_size,), generator=generator).tolist()
+        sub = batch.index(rows)
+        v = values(critic, sub)
+        loss = value_loss(v, v.detach(), returns[rows], sub.completion_mask, clip_eps=None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        history["loss"].append(loss.item())
+    optimizer.zero_grad(set_to_none=True)
+    critic.eval()
+    return dict(history)
+
+
+def memory_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Bytes a model holds, read off its tensors: "weights" (parameters and buffers),
+    "grads" (gradients present now) and "optimizer" (the optimizer's state for this
+    model's parameters, e.g. Adam's two moments; 0 before its first step)."""
+    params = list(model.parameters())
+    size = lambda t: t.numel() * t.element_size()
+    weights = sum(size(p) for p in params) + sum(size(b) for b in model.buffers())
+    grads = sum(size(p.grad) for p in params if p.grad is not None)
+    state = 0
+    if optimizer is not None:
+        ids = {id(p) for p in params}
+        state = sum(size(v) for p, s in optimizer.state.items() if id(p) in ids
+                    for v in s.values() if torch.is_tensor(v))
+    return {"weights": weights, "grads": grads, "optimizer": state}
