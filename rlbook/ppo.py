@@ -21,6 +21,7 @@ import torch
 from rlbook.advantages import gae, whiten
 from rlbook.checks import (check_finite, check_log_probs, check_mask, check_positive, check_same_shape,
                            check_unit_interval)
+from rlbook.kl import k3, kl_divergence
 from rlbook.lm import completion_logits
 from rlbook.masked import masked_mean, masked_reduce, masked_sum
 from rlbook.value import explained_variance, value_loss, values
@@ -107,8 +108,7 @@ def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor | N
     """
     check_same_shape(logp=logp, old_logp=old_logp)
     m = check_mask(mask, logp, "logp")
-    log_r = (logp - old_logp).detach()
-    return masked_mean(torch.expm1(log_r) - log_r, m)
+    return masked_mean(k3(old_logp.detach(), logp.detach()), m)
 
 
 def trust_region_kl(old_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,9 +128,7 @@ def trust_region_kl(old_logits: torch.Tensor, logits: torch.Tensor, mask: torch.
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
     m = check_mask(mask, logits[..., 0], "logits[..., 0]")
-    old_logq = torch.log_softmax(old_logits.float(), dim=-1)
-    logq = torch.log_softmax(logits.float(), dim=-1)
-    kl = (old_logq.exp() * (old_logq - logq)).sum(-1)
+    kl = kl_divergence(old_logits.float(), logits.float())
     return torch.where(m.bool(), kl, torch.zeros_like(kl))
 
 
