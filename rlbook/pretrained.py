@@ -26,8 +26,9 @@ CACHE_VERSION = 1  # bump when the SFT recipe changes in a way the key does not 
 
 MODEL_DEFAULTS = dict(arch="gpt2", d_model=128, n_layer=2, n_head=4, n_positions=32)
 SFT_DEFAULTS = dict(steps=400, batch_size=64, lr=3e-3, n_examples=20_000)
-# per-world recipes, chosen so that SFT leaves room for RL to improve (measured on CPU:
-# sentiment ~92% grammatical, its slips mostly a repeated adjective; sort-8 ~40% exact match; see the chapters)
+# per-world recipes (measured on CPU, samples at temperature 1: sentiment ~92% grammatical, its
+# slips mostly a repeated adjective; sort-8 0.92 exact match on 256 prompts, seed 123). Chapters
+# that need room for RL to improve pass a shorter sft_config of their own.
 SFT_RECIPES = {
     "sentiment": dict(steps=400, batch_size=128),
     "sort": dict(steps=240),
