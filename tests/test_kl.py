@@ -253,3 +253,18 @@ def test_placements_stay_finite_at_extreme_log_ratios():
         assert torch.isfinite(kl_penalty_loss(logp, ref_logp, 0.1, e)).all()
     with pytest.raises(ValueError, match="ref_logp"):
         kl_penalty_loss(logp, torch.tensor([[float("nan"), 0.0]]), 0.1)
+
+
+@pytest.mark.parametrize("policies", [
+    lambda: _pair(5, n=5),
+    lambda: (exact.TabularPolicy(3, 3, seed=2), exact.TabularPolicy(3, 3, seed=3)),
+])
+def test_k3_in_the_reward_is_k1_in_the_reward_minus_k3_in_the_loss(policies):
+    # k3 = k1 + (r - 1) and E[(r_t - 1) grad log pi_t] = -E[grad k3_t]: an identity at token and sequence level
+    g = exact_kl_gradients(*policies())
+    assert torch.allclose(g["k3/reward"], g["k1/reward"] - g["k3/loss"], atol=1e-12)
+
+
+def test_k3_in_the_reward_of_a_categorical_is_the_difference_of_the_two_kl_gradients():
+    g = exact_kl_gradients(*_pair(6, n=5))
+    assert torch.allclose(g["k3/reward"], g["KL(pi||ref)"] - g["KL(ref||pi)"], atol=1e-12)
