@@ -11,6 +11,13 @@ log r = log pi_ref(a|s) - log pi_theta(a|s):
 
 The seed article writes k3 with pi_theta/pi_ref; that ratio is unbiased only for samples drawn
 from pi_ref (chapter 06 shows the difference numerically).
+
+An estimate enters training in one of two placements: in the reward (`kl_penalty_rewards`:
+the value, detached, is subtracted from the per-token reward) or in the loss (`kl_penalty_loss`:
+a differentiable term). `exact_kl_gradients` gives, by enumeration, the expected gradient of
+every estimator x placement next to the true gradients of KL(pi||ref) and KL(ref||pi), for a
+categorical policy or an `exact.TabularPolicy` over sequences; `KLPlacementLoss` trains a tiny
+LM with either placement through `train.on_policy`.
 """
 
 from __future__ import annotations
@@ -97,6 +104,8 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    if ref_logp is None:
+        raise ValueError("ref_logp is None: a KL estimate needs the reference policy's log-probs")
     return ESTIMATORS[estimator](logp, ref_logp)
 
 
@@ -118,7 +127,7 @@ def kl_penalty_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torc
     check_same_shape(rewards=rewards, logp=logp)
     check_finite(rewards=rewards)
     m = check_mask(mask, logp, "logp")
-    shaped = rewards - beta * kl_estimate(logp.detach(), ref_logp.detach(), estimator)
+    shaped = rewards - beta * kl_estimate(logp.detach(), ref_logp, estimator).detach()
     return torch.where(m.bool(), shaped, torch.zeros_like(shaped))
 
 
@@ -144,7 +153,7 @@ def kl_penalty_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float, est
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
     m = check_mask(mask, logp, "logp")
-    per_sequence = beta * masked_sum(kl_estimate(logp, ref_logp.detach(), estimator), m, dim=1)
+    per_sequence = beta * masked_sum(kl_estimate(logp, ref_logp, estimator), m, dim=1)
     return per_sequence.mean() if reduction == "mean" else per_sequence
 
 

@@ -268,3 +268,11 @@ def test_k3_in_the_reward_is_k1_in_the_reward_minus_k3_in_the_loss(policies):
 def test_k3_in_the_reward_of_a_categorical_is_the_difference_of_the_two_kl_gradients():
     g = exact_kl_gradients(*_pair(6, n=5))
     assert torch.allclose(g["k3/reward"], g["KL(pi||ref)"] - g["KL(ref||pi)"], atol=1e-12)
+
+
+def test_missing_reference_is_rejected():
+    logp = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="ref_logp"):
+        kl_penalty_loss(logp, None, 0.1)
+    with pytest.raises(ValueError, match="ref_logp"):
+        kl_penalty_rewards(torch.zeros(1, 2), logp, None, 0.1)
