@@ -11,13 +11,25 @@ log r = log pi_ref(a|s) - log pi_theta(a|s):
 
 The seed article writes k3 with pi_theta/pi_ref; that ratio is unbiased only for samples drawn
 from pi_ref (chapter 06 shows the difference numerically).
+
+An estimate enters training in one of two placements: in the reward (`kl_penalty_rewards`:
+the value, detached, is subtracted from the per-token reward) or in the loss (`kl_penalty_loss`:
+a differentiable term). `exact_kl_gradients` gives, by enumeration, the expected gradient of
+every estimator x placement next to the true gradients of KL(pi||ref) and KL(ref||pi), for a
+categorical policy or an `exact.TabularPolicy` over sequences; `KLPlacementLoss` trains a tiny
+LM with either placement through `train.on_policy`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .checks import check_finite, check_same_shape
+from .advantages import group_advantages
+from .checks import check_finite, check_mask, check_same_shape
+from .exact import TabularPolicy, cosine, flat_grad
+from .masked import masked_sum
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -76,3 +88,190 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """
     log_r = _log_ratio(logp, ref_logp)
     return torch.expm1(log_r) - log_r
+
+
+# ---------------------------------------------------------------- the two placements of a drift penalty
+
+ESTIMATORS = {"k1": k1, "k2": k2, "k3": k3}
+PLACEMENTS = ("reward", "loss")
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """The per-sample estimator `estimator` in {"k1", "k2", "k3"} of KL(pi_theta || pi_ref); any shape.
+
+    >>> kl_estimate(torch.tensor([-1.0]), torch.tensor([-2.0]), "k2")
+    tensor([0.5000])
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    if ref_logp is None:
+        raise ValueError("ref_logp is None: a KL estimate needs the reference policy's log-probs")
+    return ESTIMATORS[estimator](logp, ref_logp)
+
+
+def kl_penalty_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, beta: float,
+                       estimator: str = "k1", mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The drift penalty **in the reward**: r_t - beta * k(a_t), the estimate's *value* detached.
+
+        r'_t = r_t - beta * stopgrad(k(log pi(a_t|s_t), log pi_ref(a_t|s_t)))
+
+    The penalty reaches theta only through the policy gradient, as a (negative) reward
+    multiplying grad log pi. With k1 this is RLHF's -beta log(pi/pi_ref) (`ppo.shaped_rewards`).
+    rewards, logp, ref_logp, mask: `[B, T]` (or any equal shapes). Returns the same shape, 0 at masked positions.
+
+    >>> kl_penalty_rewards(torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0, -1.0]]), torch.tensor([[-2.0, -1.0]]), beta=0.5)
+    tensor([[-0.5000,  1.0000]])
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    check_same_shape(rewards=rewards, logp=logp)
+    check_finite(rewards=rewards)
+    m = check_mask(mask, logp, "logp")
+    shaped = rewards - beta * kl_estimate(logp.detach(), ref_logp, estimator).detach()
+    return torch.where(m.bool(), shaped, torch.zeros_like(shaped))
+
+
+def kl_penalty_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float, estimator: str = "k3",
+                    mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    """The drift penalty **in the loss** (GRPO's placement): a differentiable term to add to the loss,
+
+        beta * sum_t k(log pi_theta(a_t|s_t), log pi_ref(a_t|s_t))     per sequence,
+
+    summed over each sequence's tokens (the sequence-level KL is the sum of per-token ones) and,
+    for reduction="mean", averaged over the B sequences; "none" returns the `[B]` per-sequence
+    terms. Its gradient is E[sum_t grad k_t] with the samples held fixed, which is *not* the
+    gradient of the KL for k1 or k3 (`exact_kl_gradients` shows which KL each one follows).
+    logp (with grad), ref_logp, mask: `[B, T]`.
+
+    >>> kl_penalty_loss(torch.tensor([[-1.0, -1.0]]), torch.tensor([[-2.0, -1.0]]), beta=0.5, estimator="k1")
+    tensor(0.5000)
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
+    m = check_mask(mask, logp, "logp")
+    per_sequence = beta * masked_sum(kl_estimate(logp, ref_logp, estimator), m, dim=1)
+    return per_sequence.mean() if reduction == "mean" else per_sequence
+
+
+# ---------------------------------------------------------------- exact expected gradients
+
+def _as_policy(p, name: str) -> TabularPolicy:
+    if isinstance(p, TabularPolicy):
+        return p
+    if isinstance(p, torch.Tensor) and p.dim() == 1:  # a categorical policy = a one-token sequence policy
+        return TabularPolicy(vocab_size=p.shape[0], length=1, logits=p.detach().double().unsqueeze(0))
+    raise ValueError(f"{name} must be a TabularPolicy or 1-D logits [V], got {type(p).__name__}")
+
+
+def exact_kl_gradients(policy, ref) -> dict[str, torch.Tensor]:
+    """Exact gradients (w.r.t. the policy's logits, flattened) of the two true KLs and the
+    exact *expected* gradient of every estimator x placement, by enumerating every outcome.
+
+    policy, ref: 1-D logits `[V]` (a categorical policy) or `exact.TabularPolicy` (a sequence
+    policy; per-token estimates are summed over the sequence). With k_t = k(a_t | s_t):
+
+        "KL(pi||ref)"  grad sum_tau P(tau) log P(tau)/P_ref(tau)              (reverse, the drift KL)
+        "KL(ref||pi)"  grad sum_tau P_ref(tau) log P_ref(tau)/P(tau)          (forward)
+        "kX/reward"    E_tau[ (sum_t k_t) grad log P(tau) ]                   (value detached, a reward)
+        "kX/loss"      E_tau[ sum_t grad k_t ]                                (samples fixed, k differentiated)
+
+    Returns {name: `[P]`} with P = the number of logits (V for a categorical policy).
+    Identities (categorical, exactly): k1/reward = k2/loss = grad KL(pi||ref); k1/loss = 0;
+    k3/loss = grad KL(ref||pi). At sequence level k2/loss and k3/loss lose these identities.
+    """
+    pi, pi_ref = _as_policy(policy, "policy"), _as_policy(ref, "ref")
+    if (pi.vocab_size, pi.length) != (pi_ref.vocab_size, pi_ref.length):
+        raise ValueError("ref must have the same vocab_size and length as policy")
+    seqs = pi.sequences()
+    logits = pi.logits
+    with torch.no_grad():
+        ref_token_logp = pi_ref.token_logprobs(seqs)
+        ref_seq_logp = ref_token_logp.sum(-1)
+    token_logp = pi.token_logprobs(seqs)  # [N, T], differentiable
+    seq_logp = token_logp.sum(-1)
+    p = seq_logp.exp()
+    p_fixed = p.detach()
+    out = {
+        "KL(pi||ref)": flat_grad((p * (seq_logp - ref_seq_logp)).sum(), logits, retain_graph=True),
+        "KL(ref||pi)": flat_grad((ref_seq_logp.exp() * (ref_seq_logp - seq_logp)).sum(), logits, retain_graph=True),
+    }
+    for name in ESTIMATORS:
+        k = kl_estimate(token_logp, ref_token_logp, name).sum(-1)  # [N], per sequence
+        reward_surrogate = (p_fixed * k.detach() * seq_logp).sum()  # E[k] as a reward: k * grad log P
+        loss_surrogate = (p_fixed * k).sum()  # E[grad k] with the sampling distribution held fixed
+        out[f"{name}/reward"] = flat_grad(reward_surrogate, logits, retain_graph=True)
+        out[f"{name}/loss"] = flat_grad(loss_surrogate, logits, retain_graph=True)
+    return out
+
+
+def gradient_table(policy, ref) -> list[dict]:
+    """One row per estimator x placement: the norm of its exact expected gradient and its
+    cosine with grad KL(pi||ref) and with grad KL(ref||pi) (`exact_kl_gradients`)."""
+    g = exact_kl_gradients(policy, ref)
+    rev, fwd = g["KL(pi||ref)"], g["KL(ref||pi)"]
+    rows = []
+    for e in ESTIMATORS:
+        for pl in PLACEMENTS:
+            v = g[f"{e}/{pl}"]
+            zero = v.norm() <= 1e-12 * rev.norm()  # zero up to rounding: no direction to compare
+            rows.append(dict(estimator=e, placement=pl, norm=0.0 if zero else v.norm().item(),
+                             cos_reverse=float("nan") if zero else cosine(v, rev),
+                             cos_forward=float("nan") if zero else cosine(v, fwd),
+                             rel_error_reverse=((v - rev).norm() / rev.norm()).item()))
+    return rows
+
+
+# ---------------------------------------------------------------- a policy-gradient loss with either placement
+
+@dataclass
+class KLPlacementLoss:
+    """REINFORCE with a drift-KL penalty placed in the reward or in the loss, as `train.on_policy`'s
+    loss_fn (run it with `with_logits=True` to log the exact KL). Per sequence i of a group:
+
+        placement="reward":  R'_i = R_i - beta * sum_t stopgrad(k_it)           (ppo.shaped_rewards, summed)
+                             loss = -mean_i A_i sum_t log pi(a_it|s_it)
+        placement="loss":    R'_i = R_i
+                             loss = -mean_i A_i sum_t log pi(a_it|s_it) + beta * mean_i sum_t k_it   (kl_penalty_loss)
+
+    with A_i = R'_i - mean of its group (a group-mean baseline, `advantages.group_advantages`
+    with scale="none"). Logs "exact_kl": mean over sequences of sum_t KL[pi(.|s_t) || pi_ref(.|s_t)]
+    from the full next-token distributions (an unbiased estimate of the sequence-level KL).
+    """
+
+    estimator: str = "k1"
+    """"k1", "k2" or "k3"."""
+    placement: str = "reward"
+    """"reward" (value detached, subtracted from the reward) or "loss" (differentiated)."""
+    beta: float = 0.1
+    """Penalty coefficient (0: no penalty)."""
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {self.estimator!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+
+    def __call__(self, logp: torch.Tensor, rollout, logits: torch.Tensor | None = None):
+        from rlbook.ppo import shaped_rewards  # ppo imports this module
+
+        mask = rollout.mask
+        beta_in_reward = self.beta if self.placement == "reward" else 0.0
+        returns = masked_sum(shaped_rewards(rollout.rewards, rollout.old_logp, rollout.ref_logp, beta_in_reward,
+                                            mask, self.estimator), mask, dim=1)
+        advantages = group_advantages(returns, rollout.group_size, scale="none")
+        loss = -(advantages.detach() * masked_sum(logp, mask, dim=1)).mean()
+        if self.placement == "loss" and self.beta > 0:
+            loss = loss + kl_penalty_loss(logp, rollout.ref_logp, self.beta, self.estimator, mask)
+        metrics = {}
+        if rollout.ref_logp is not None:
+            metrics["k1_kl"] = masked_sum(rollout.old_logp - rollout.ref_logp, mask, dim=1).mean().item()
+        if logits is not None and rollout.ref_logits is not None:
+            per_state = kl_divergence(logits.detach().float(), rollout.ref_logits.float())
+            metrics["exact_kl"] = masked_sum(per_state, mask, dim=1).mean().item()
+        return loss, metrics

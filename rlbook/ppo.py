@@ -21,7 +21,7 @@ import torch
 from rlbook.advantages import gae, whiten
 from rlbook.checks import (check_finite, check_log_probs, check_mask, check_positive, check_same_shape,
                            check_unit_interval)
-from rlbook.kl import k3, kl_divergence
+from rlbook.kl import k3, kl_divergence, kl_penalty_rewards
 from rlbook.lm import completion_logits
 from rlbook.masked import masked_mean, masked_reduce, masked_sum
 from rlbook.value import explained_variance, value_loss, values
@@ -182,7 +182,7 @@ class AdaptiveKLController:
 
 
 def shaped_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None, beta: float,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, estimator: str = "k1") -> torch.Tensor:
     """Per-token RLHF rewards with the drift-KL penalty in the reward:
 
         r_t = -beta * log( pi(a_t | s_t) / pi_ref(a_t | s_t) )  +  [t is the last token] * R(x, y)
@@ -194,6 +194,8 @@ def shaped_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Ten
 
     scores: `[B]` (reward-model or true reward of each completion); logp, ref_logp, mask:
     `[B, T]`. beta = 0 (ref_logp may then be None) gives the score alone at the last token.
+    `estimator` ("k1", the default and RLHF's choice; "k2"; "k3") picks the per-token estimate
+    (`kl.kl_penalty_rewards`, which applies the penalty; chapter 06 shows why k3 here is biased).
     Returns `[B, T]`, 0 at masked positions. "Last token" is each row's last unmasked position
     (the EOS of a finished completion).
 
@@ -216,8 +218,7 @@ def shaped_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Ten
         if ref_logp is None:
             raise ValueError("ref_logp is None but beta > 0: the drift penalty needs pi_ref's log-probs")
         check_same_shape(logp=logp, ref_logp=ref_logp)
-        check_finite(ref_logp=ref_logp)
-        rewards = rewards - beta * (logp - ref_logp).detach()
+        rewards = kl_penalty_rewards(rewards, logp, ref_logp, beta, estimator, m)
     return torch.where(m.bool(), rewards, torch.zeros_like(rewards))
 
 

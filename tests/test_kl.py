@@ -79,3 +79,200 @@ def test_bad_input_is_rejected(k):
         k(torch.tensor([float("nan")]), torch.zeros(1))
     with pytest.raises(ValueError, match="q_logits"):
         kl_divergence(torch.zeros(3), torch.zeros(2))
+
+
+# ---------------------------------------------------------------- placements and exact expected gradients
+
+from types import SimpleNamespace  # noqa: E402
+
+from rlbook import exact  # noqa: E402
+from rlbook.kl import (KLPlacementLoss, exact_kl_gradients, gradient_table, kl_estimate,  # noqa: E402
+                       kl_penalty_loss, kl_penalty_rewards)
+from rlbook.ppo import shaped_rewards  # noqa: E402
+
+
+def _rel(u, v):
+    return ((u - v).norm() / v.norm()).item()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_categorical_gradients_match_closed_forms(seed):
+    logits, ref_logits = _pair(seed, n=6)
+    pi, ref = logits.softmax(0), ref_logits.softmax(0)
+    log_ratio = pi.log() - ref.log()
+    reverse = pi * (log_ratio - (pi * log_ratio).sum())  # d/dlogits sum pi log(pi/ref)
+    forward = pi - ref  # d/dlogits sum ref log(ref/pi)
+    g = exact_kl_gradients(logits, ref_logits)
+    assert torch.allclose(g["KL(pi||ref)"], reverse, atol=1e-12)
+    assert torch.allclose(g["KL(ref||pi)"], forward, atol=1e-12)
+    # the identities of chapter 06, exactly
+    assert torch.allclose(g["k1/reward"], reverse, atol=1e-12)
+    assert torch.allclose(g["k2/loss"], reverse, atol=1e-12)
+    assert torch.allclose(g["k1/loss"], torch.zeros(6, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(g["k3/loss"], forward, atol=1e-12)
+    # in the reward, k2 and k3 give sum_x pi(x) k(x) (e_x - pi): a loop over outcomes
+    eye = torch.eye(6, dtype=torch.float64)
+    for name, k in (("k2", lambda x: 0.5 * log_ratio[x] ** 2), ("k3", lambda x: ref[x] / pi[x] - 1 + log_ratio[x])):
+        by_hand = sum(pi[x] * k(x) * (eye[x] - pi) for x in range(6))
+        assert torch.allclose(g[f"{name}/reward"], by_hand, atol=1e-12)
+        assert _rel(g[f"{name}/reward"], reverse) > 0.05 and _rel(g[f"{name}/reward"], forward) > 0.05
+
+
+def _seq_kl(logits, pi, ref_logp):
+    """KL(P || P_ref) of sequences from a fresh logit table (for finite differences)."""
+    q = exact.TabularPolicy(pi.vocab_size, pi.length, logits=logits)
+    logp = q.log_prob(q.sequences())
+    return (logp.exp() * (logp - ref_logp)).sum()
+
+
+def test_sequence_gradients_match_finite_differences_and_score_function_sums():
+    pi, ref = exact.TabularPolicy(3, 3, seed=0), exact.TabularPolicy(3, 3, seed=1)
+    g = exact_kl_gradients(pi, ref)
+    seqs = pi.sequences()
+    with torch.no_grad():
+        ref_logp = ref.log_prob(seqs)
+        P, Pref = pi.probs(), ref_logp.exp()
+    base = pi.logits.detach().clone()
+    fd = torch.zeros(base.numel(), dtype=torch.float64)
+    h = 1e-6
+    for i in range(base.numel()):
+        e = torch.zeros(base.numel(), dtype=torch.float64)
+        e[i] = h
+        fd[i] = (_seq_kl(base + e.view_as(base), pi, ref_logp) - _seq_kl(base - e.view_as(base), pi, ref_logp)) / (2 * h)
+    assert torch.allclose(g["KL(pi||ref)"], fd, atol=1e-7)
+    # score-function forms over the enumeration, token by token
+    scores = exact.token_score_gradients(pi, seqs).detach()  # [N, T, P]
+    with torch.no_grad():
+        logp_t, ref_t = pi.token_logprobs(seqs), ref.token_logprobs(seqs)
+    forward = -(Pref[:, None] * scores.sum(1)).sum(0)
+    assert torch.allclose(g["KL(ref||pi)"], forward, atol=1e-10)
+    k1_t = logp_t - ref_t
+    assert torch.allclose(g["k1/reward"], g["KL(pi||ref)"], atol=1e-10)  # unbiased
+    assert g["k1/loss"].abs().max() < 1e-12  # zero mean
+    # in the loss each token only sees its own term: sum_t k1_t grad log pi_t, not the future ones
+    k2_loss = (P[:, None] * torch.einsum("ntp,nt->np", scores, k1_t)).sum(0)
+    assert torch.allclose(g["k2/loss"], k2_loss, atol=1e-10)
+    k3_loss = (P[:, None] * torch.einsum("ntp,nt->np", scores, 1 - (ref_t - logp_t).exp())).sum(0)
+    assert torch.allclose(g["k3/loss"], k3_loss, atol=1e-10)
+    # ... so at sequence level k2 and k3 in the loss follow neither KL exactly
+    for name in ("k2/loss", "k3/loss", "k3/reward", "k2/reward"):
+        assert _rel(g[name], g["KL(pi||ref)"]) > 0.05 and _rel(g[name], g["KL(ref||pi)"]) > 0.05, name
+
+
+def test_length_one_sequence_policy_is_the_categorical_case():
+    logits, ref_logits = _pair(3, n=4)
+    a = exact_kl_gradients(logits, ref_logits)
+    b = exact_kl_gradients(exact.TabularPolicy(4, 1, logits=logits[None]), exact.TabularPolicy(4, 1, logits=ref_logits[None]))
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_gradient_table_rows_and_cosines():
+    rows = gradient_table(*_pair(0, n=5))
+    assert [(r["estimator"], r["placement"]) for r in rows] == [
+        ("k1", "reward"), ("k1", "loss"), ("k2", "reward"), ("k2", "loss"), ("k3", "reward"), ("k3", "loss")]
+    by = {(r["estimator"], r["placement"]): r for r in rows}
+    assert by["k1", "reward"]["cos_reverse"] == pytest.approx(1.0) and by["k2", "loss"]["cos_reverse"] == pytest.approx(1.0)
+    assert by["k3", "loss"]["cos_forward"] == pytest.approx(1.0)
+    assert by["k1", "loss"]["norm"] == 0.0 and math.isnan(by["k1", "loss"]["cos_reverse"])
+
+
+def test_kl_penalty_rewards_detaches_and_masks():
+    logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    ref_logp = torch.tensor([[-1.5, -1.0, -0.5]])
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    for name, k in (("k1", k1), ("k3", k3)):
+        out = kl_penalty_rewards(rewards, logp, ref_logp, 0.2, name, mask)
+        assert not out.requires_grad
+        expected = rewards - 0.2 * k(logp.detach(), ref_logp)
+        assert torch.allclose(out[0, :2], expected[0, :2]) and out[0, 2] == 0
+    with pytest.raises(ValueError, match="estimator"):
+        kl_penalty_rewards(rewards, logp, ref_logp, 0.2, "k4")
+    with pytest.raises(ValueError, match="beta"):
+        kl_penalty_rewards(rewards, logp, ref_logp, -1.0)
+    with pytest.raises(ValueError, match="rewards"):
+        kl_penalty_rewards(rewards[:, :2], logp, ref_logp, 0.2)
+
+
+def test_shaped_rewards_with_k3_matches_the_formula():
+    logp, ref_logp = torch.tensor([[-1.0, -0.5, -2.0]]), torch.tensor([[-1.5, -0.5, -1.0]])
+    mask = torch.tensor([[1, 1, 1]])
+    out = shaped_rewards(torch.tensor([2.0]), logp, ref_logp, beta=0.1, mask=mask, estimator="k3")
+    r = (ref_logp - logp).exp()
+    by_hand = -0.1 * ((r - 1) - (ref_logp - logp))
+    by_hand[0, 2] += 2.0
+    assert torch.allclose(out, by_hand)
+
+
+def test_kl_penalty_loss_sums_tokens_and_differentiates():
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -0.2]], requires_grad=True)
+    ref_logp = torch.tensor([[-1.5, -1.0, -0.5], [-0.2, -0.9, -3.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    per_seq = kl_penalty_loss(logp, ref_logp, 0.5, "k3", mask, reduction="none")
+    by_hand = [0.5 * sum(((ref_logp[i, t] - logp[i, t]).exp() - 1 - (ref_logp[i, t] - logp[i, t])).item()
+                         for t in range(3) if mask[i, t]) for i in range(2)]
+    assert per_seq.tolist() == pytest.approx(by_hand, rel=1e-6)
+    kl_penalty_loss(logp, ref_logp, 0.5, "k3", mask).backward()
+    grad = 0.5 * (1 - (ref_logp - logp.detach()).exp()) * mask / 2  # d/dlogp, mean over 2 sequences
+    assert torch.allclose(logp.grad, grad)
+    with pytest.raises(ValueError, match="reduction"):
+        kl_penalty_loss(logp, ref_logp, 0.5, reduction="sum")
+
+
+@pytest.mark.parametrize("placement", ["reward", "loss"])
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_kl_placement_loss_gradient_matches_a_hand_written_surrogate(estimator, placement):
+    g = torch.Generator().manual_seed(0)
+    logp = (-torch.rand(4, 3, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    ref_logp = -torch.rand(4, 3, generator=g, dtype=torch.float64) * 2
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    scores = torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=torch.float64)
+    rollout = SimpleNamespace(mask=mask, rewards=scores, old_logp=logp.detach(), ref_logp=ref_logp, group_size=2,
+                              ref_logits=None)
+    loss, metrics = KLPlacementLoss(estimator, placement, beta=0.3)(logp, rollout)
+    (grad,) = torch.autograd.grad(loss, logp)
+    # by hand: sequence returns, group-mean baseline, surrogate -A sum_t logp (+ beta sum_t k in the loss)
+    k = kl_estimate(logp.detach(), ref_logp, estimator) * mask
+    R = scores - (0.3 * k.sum(1) if placement == "reward" else 0)
+    A = R - R.view(2, 2).mean(1).repeat_interleave(2)
+    expected = -(A[:, None] * mask) / 4
+    if placement == "loss":
+        dk = {"k1": torch.ones_like(logp), "k3": 1 - (ref_logp - logp.detach()).exp()}[estimator]
+        expected = expected + 0.3 * dk * mask / 4
+    assert torch.allclose(grad, expected)
+    assert metrics["k1_kl"] == pytest.approx(((logp.detach() - ref_logp) * mask).sum(1).mean().item())
+    with pytest.raises(ValueError, match="placement"):
+        KLPlacementLoss("k1", "advantage")
+
+
+def test_placements_stay_finite_at_extreme_log_ratios():
+    logp = torch.tensor([[-30.0, -1e-3]], requires_grad=True)
+    ref_logp = torch.tensor([[0.0, -30.0]])
+    for e in ("k1", "k2", "k3"):
+        assert torch.isfinite(kl_penalty_rewards(torch.zeros(1, 2), logp, ref_logp, 0.1, e)).all()
+        assert torch.isfinite(kl_penalty_loss(logp, ref_logp, 0.1, e)).all()
+    with pytest.raises(ValueError, match="ref_logp"):
+        kl_penalty_loss(logp, torch.tensor([[float("nan"), 0.0]]), 0.1)
+
+
+@pytest.mark.parametrize("policies", [
+    lambda: _pair(5, n=5),
+    lambda: (exact.TabularPolicy(3, 3, seed=2), exact.TabularPolicy(3, 3, seed=3)),
+])
+def test_k3_in_the_reward_is_k1_in_the_reward_minus_k3_in_the_loss(policies):
+    # k3 = k1 + (r - 1) and E[(r_t - 1) grad log pi_t] = -E[grad k3_t]: an identity at token and sequence level
+    g = exact_kl_gradients(*policies())
+    assert torch.allclose(g["k3/reward"], g["k1/reward"] - g["k3/loss"], atol=1e-12)
+
+
+def test_k3_in_the_reward_of_a_categorical_is_the_difference_of_the_two_kl_gradients():
+    g = exact_kl_gradients(*_pair(6, n=5))
+    assert torch.allclose(g["k3/reward"], g["KL(pi||ref)"] - g["KL(ref||pi)"], atol=1e-12)
+
+
+def test_missing_reference_is_rejected():
+    logp = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="ref_logp"):
+        kl_penalty_loss(logp, None, 0.1)
+    with pytest.raises(ValueError, match="ref_logp"):
+        kl_penalty_rewards(torch.zeros(1, 2), logp, None, 0.1)
