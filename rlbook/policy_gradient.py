@@ -205,9 +205,10 @@ def weights(rewards: torch.Tensor, kind: str = "total", baseline: str | None = N
         kind="total":          Phi_t = R(tau) = sum_k r_k                 (REINFORCE)
         kind="rewards_to_go":  Phi_t = G_t = sum_{k >= t} gamma^(k-t) r_k  (`discounted_returns`)
 
-    then minus a baseline: None; "mean" (the batch mean at each position, `mean_baseline`);
-    "group_mean" (the mean of the prompt's group of `group_size` samples); "rloo" (the mean of
-    the other samples of the group, `leave_one_out_baseline`). Returns `[B, T]`, 0 at masked
+    then minus a baseline: None; "mean" (the batch mean, `mean_baseline`); "group_mean" (the
+    mean of the prompt's group of `group_size` samples); "rloo" (the mean of the other samples
+    of the group, `leave_one_out_baseline`). For "total" the baseline averages the sequences'
+    R; for "rewards_to_go" it averages G_t position by position, over the rows that reach t. Returns `[B, T]`, 0 at masked
     positions.
 
     >>> r = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
@@ -221,13 +222,21 @@ def weights(rewards: torch.Tensor, kind: str = "total", baseline: str | None = N
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     if baseline in ("group_mean", "rloo") and group_size is None:
         raise ValueError(f"baseline={baseline!r} needs group_size")
-    phi = total_reward(rewards, mask) if kind == "total" else discounted_returns(rewards, gamma, mask)
+    check_finite(rewards=rewards)
+    m = check_mask(mask, rewards, "rewards")
+    if kind == "total":
+        # one weight per sequence: the baseline compares whole sequences, whatever their lengths
+        phi, phi_mask = masked_sum(rewards, m, dim=1).unsqueeze(1), None
+    else:
+        phi, phi_mask = discounted_returns(rewards, gamma, m), m
     if baseline == "mean":
-        phi = mean_baseline(phi, mask)
+        phi = mean_baseline(phi, phi_mask)
     elif baseline == "group_mean":
-        phi = mean_baseline(phi, mask, group_size)
+        phi = mean_baseline(phi, phi_mask, group_size)
     elif baseline == "rloo":
-        phi = leave_one_out_baseline(phi, group_size, mask)
+        phi = leave_one_out_baseline(phi, group_size, phi_mask)
+    if kind == "total":
+        phi = phi * m
     return phi
 
 

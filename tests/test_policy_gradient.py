@@ -300,3 +300,23 @@ def test_reinforce_loss_runs_in_the_shared_loop(sentiment, kind, baseline):
                         progress=False)
     assert len(history["true_reward"]) == 2 and all(math.isfinite(x) for x in history["loss"])
     assert "phi_std" in history
+
+
+def test_reinforce_loss_object_puts_the_sequence_reward_at_the_last_token():
+    from types import SimpleNamespace
+
+    rewards = torch.tensor([1.0, 0.0, 3.0, 2.0])
+    rollout = SimpleNamespace(mask=MASK, rewards=rewards, old_logp=torch.zeros(4, 4), group_size=2)
+    total = REINFORCELoss("total").phi(rollout)
+    assert torch.equal(total, rewards.unsqueeze(1) * MASK)
+    rtg = REINFORCELoss("rewards_to_go").phi(rollout)
+    assert torch.equal(rtg, total)                       # one reward at the end: rewards-to-go = R everywhere
+    rloo = REINFORCELoss("total", "rloo").phi(rollout)
+    assert torch.allclose(rloo, rloo_advantages(rewards, 2).unsqueeze(1) * MASK)   # whole sequences, ragged or not
+    token_r = torch.zeros(4, 4)
+    token_r[torch.arange(4), MASK.sum(1) - 1] = rewards
+    assert torch.allclose(weights(token_r, "total", "mean", MASK), (rewards - rewards.mean()).unsqueeze(1) * MASK)
+    logp = (-torch.rand(4, 4) * MASK).requires_grad_()
+    loss, metrics = REINFORCELoss("total", "rloo")(logp, rollout)
+    assert loss.item() == pytest.approx(reinforce_loss(logp, rloo, MASK, "sequence").item())
+    assert set(metrics) == {"phi_mean", "phi_std"}
