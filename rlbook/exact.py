@@ -196,3 +196,47 @@ def estimator_moments(policy: TabularPolicy, estimates: torch.Tensor) -> tuple[t
     mean = (p.unsqueeze(1) * estimates).sum(0)
     variance = (p * ((estimates - mean) ** 2).sum(1)).sum()
     return mean, variance
+
+
+# ---------------------------------------------------------------- sampled sequences and batch estimators (chapter 01)
+
+def sequence_index(policy: TabularPolicy, seqs: torch.Tensor) -> torch.Tensor:
+    """Row of each sequence in `policy.sequences()` order (the sequence read as a base-V
+    number): `[N, T]` -> `[N]`. Lets sampled sequences look up per-sequence tables.
+
+    >>> pi = TabularPolicy(vocab_size=3, length=2)
+    >>> sequence_index(pi, torch.tensor([[0, 0], [1, 2], [2, 2]])).tolist()
+    [0, 5, 8]
+    """
+    policy._check(seqs)
+    powers = policy.vocab_size ** torch.arange(policy.length - 1, -1, -1)
+    return (seqs * powers).sum(1)
+
+
+def batch_estimator_moments(policy: TabularPolicy, token_scores: torch.Tensor, token_rewards: torch.Tensor,
+                            weights_fn, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact mean and total variance of an n-sample gradient estimator whose weights may
+    depend on the whole batch (batch-mean or leave-one-out baselines):
+
+        g(tau_1..tau_n) = 1/n sum_i sum_t Phi_it grad log pi(a_it | s_it),   Phi = weights_fn(r)
+
+    by listing all K^n ordered batches with probability prod_i P(tau_i).
+    token_scores: `token_score_gradients(policy, policy.sequences())`, `[K, T, P]`;
+    token_rewards: `[K, T]`; weights_fn maps rewards `[M * n, T]` (M batches of n rows, batch
+    after batch) to weights of the same shape. Feasible while K^n stays below ~10^5.
+    """
+    K, T, P = token_scores.shape
+    if token_rewards.shape != (K, T):
+        raise ValueError(f"token_rewards must have shape {(K, T)}, got {tuple(token_rewards.shape)}")
+    if n < 1 or K ** n > 200_000:
+        raise ValueError(f"n={n} gives K^n = {K ** n} batches; need 1 <= n and K^n <= 200000")
+    with torch.no_grad():
+        p = policy.probs()
+    batches = torch.tensor(list(itertools.product(range(K), repeat=n)), dtype=torch.long)   # [M, n]
+    M = batches.shape[0]
+    phi = weights_fn(token_rewards[batches.reshape(-1)]).reshape(M, n, T).to(token_scores.dtype)
+    estimates = torch.einsum("mntp,mnt->mp", token_scores[batches], phi) / n
+    prob = p[batches].prod(1)
+    mean = (prob.unsqueeze(1) * estimates).sum(0)
+    variance = (prob * ((estimates - mean) ** 2).sum(1)).sum()
+    return mean, variance

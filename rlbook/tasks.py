@@ -373,3 +373,40 @@ def merge_pairs(parts: Sequence[PreferencePairs], pad_token_id: int) -> Preferen
                            concat_batches([p.rejected for p in parts], pad_token_id),
                            torch.cat([p.chosen_reward for p in parts]),
                            torch.cat([p.rejected_reward for p in parts]))
+
+
+# ====================================================================== per-token rewards (chapter 02)
+
+def sort_token_rewards(world: SortWorld, batch: Batch, tokenizer, correct: float | None = None,
+                       wrong: float = 0.0) -> torch.Tensor:
+    """Per-token rewards `[B, T]` for sorting, each attached to the token that earned it:
+
+        r_t = correct (default 1/n) if digit t is the right one, wrong if it is not (t < n)
+        last token: whatever makes sum_t r_t the sequence's total, which for a well-formed
+        answer is correct * (#right) + wrong * (#wrong), and for a malformed one (no single
+        final '<eos>', wrong length, a non-digit) n * min(wrong, 0), as bad as all wrong.
+
+    Every r_t before the last depends only on the tokens up to t, so rewards-to-go stay
+    unbiased. With the defaults sum_t r_t is SortWorld(reward_type="position")'s reward.
+
+    >>> w = SortWorld(n_digits=3); tok = w.tokenizer()
+    >>> b = make_batch(tok, [["sort", "3", "1", "2", ":"]], [["1", "2", "2"]])
+    >>> sort_token_rewards(w, b, tok, correct=1.0, wrong=-2.0).tolist()
+    [[1.0, 1.0, -2.0, 0.0]]
+    """
+    if not isinstance(world, SortWorld):
+        raise ValueError(f"world must be a SortWorld, got {type(world).__name__}")
+    n = world.n_digits
+    correct = 1.0 / n if correct is None else float(correct)
+    mask = batch.completion_mask
+    rewards = torch.zeros(mask.shape, dtype=torch.float32)
+    for i, (prompt, words) in enumerate(zip(batch.prompts(tokenizer), batch.completions(tokenizer))):
+        target = world.answer(prompt)
+        for t, w in enumerate(words[:n]):
+            if w in DIGITS:
+                rewards[i, t] = correct if w == target[t] else wrong
+        right = world.position_rewards(prompt, words)
+        total = correct * sum(right) + wrong * (n - sum(right)) if right else n * min(wrong, 0.0)
+        last = len(words) - 1
+        rewards[i, last] = total - rewards[i, :last].sum()
+    return rewards.to(mask.device) * mask
