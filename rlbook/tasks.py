@@ -335,12 +335,7 @@ def preference_pairs(world: World, model, tokenizer, n_prompts: int, samples_per
     if samples_per_prompt < 2:
         raise ValueError(f"samples_per_prompt must be >= 2, got {samples_per_prompt}")
     batch, r = sample_groups(world, model, tokenizer, n_prompts, samples_per_prompt, seed, max_new_tokens)
-    grouped = r.view(n_prompts, samples_per_prompt)
-    best, worst = grouped.argmax(1), grouped.argmin(1)
-    keep = grouped.max(1).values > grouped.min(1).values
-    offsets = torch.arange(n_prompts, device=r.device) * samples_per_prompt
-    w, l = (offsets + best)[keep], (offsets + worst)[keep]
-    return PreferencePairs(batch.index(w), batch.index(l), r[w], r[l])
+    return pairs_from_groups(batch, r, samples_per_prompt)
 
 
 def pairs_from_text(tokenizer, world: World, triples: Sequence[tuple]) -> PreferencePairs:
@@ -373,6 +368,25 @@ def merge_pairs(parts: Sequence[PreferencePairs], pad_token_id: int) -> Preferen
                            concat_batches([p.rejected for p in parts], pad_token_id),
                            torch.cat([p.chosen_reward for p in parts]),
                            torch.cat([p.rejected_reward for p in parts]))
+
+
+def pairs_from_groups(batch: Batch, rewards: torch.Tensor, group_size: int,
+                      true_rewards: torch.Tensor | None = None) -> PreferencePairs:
+    """Best-vs-worst pairs from samples laid out group after group (as `sample_groups` does):
+    in each group the sample with the highest `rewards` is chosen, the lowest rejected;
+    groups whose rewards all tie are dropped. `rewards` `[N]` may be a learned reward
+    model's scores; the pairs keep `true_rewards` (default: `rewards`) for evaluation."""
+    if group_size < 2 or len(batch) % group_size:
+        raise ValueError(f"group_size must be >= 2 and divide the batch of {len(batch)}, got {group_size}")
+    if rewards.shape != (len(batch),):
+        raise ValueError(f"rewards must have shape ({len(batch)},), got {tuple(rewards.shape)}")
+    true_rewards = rewards if true_rewards is None else true_rewards
+    grouped = rewards.view(-1, group_size)
+    best, worst = grouped.argmax(1), grouped.argmin(1)
+    keep = grouped.max(1).values > grouped.min(1).values
+    offsets = torch.arange(grouped.shape[0], device=rewards.device) * group_size
+    w, l = (offsets + best)[keep], (offsets + worst)[keep]
+    return PreferencePairs(batch.index(w), batch.index(l), true_rewards[w], true_rewards[l])
 
 
 # ====================================================================== per-token rewards (chapter 02)

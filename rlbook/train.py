@@ -10,9 +10,11 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rlbook.lm import Batch, completion_logprobs, make_batch
-from rlbook.masked import masked_mean
-from rlbook.tasks import sample_groups
+from rlbook.dpo import dpo_loss
+from rlbook.lm import Batch, completion_logprobs, concat_batches, frozen_copy, make_batch
+from rlbook.masked import masked_mean, masked_sum
+from rlbook.preference import log_ratio_margin
+from rlbook.tasks import pairs_from_groups, sample_groups
 from rlbook.value import bradley_terry_loss, reward_scores, value_loss, values
 
 
@@ -232,3 +234,180 @@ def memory_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
         state = sum(size(v) for p, s in optimizer.state.items() if id(p) in ids
                     for v in s.values() if torch.is_tensor(v))
     return {"weights": weights, "grads": grads, "optimizer": state}
+
+
+# ---------------------------------------------------------------- preference optimisation (chapters 08-09)
+
+def sequence_logprobs(model, batch: Batch) -> torch.Tensor:
+    """log pi(y|x) = sum_t log pi(a_t|s_t) over each completion's tokens: `[B]`."""
+    return masked_sum(completion_logprobs(model, batch), batch.completion_mask, dim=1)
+
+
+@torch.no_grad()
+def pair_logprobs(model, pairs, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(y_w|x), log pi(y_l|x)) of every pair, summed over tokens: two `[N]` tensors."""
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), batch_size):
+        rows = slice(start, start + batch_size)
+        chosen.append(sequence_logprobs(model, pairs.chosen.index(rows)))
+        rejected.append(sequence_logprobs(model, pairs.rejected.index(rows)))
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+@dataclass
+class PreferenceConfig:
+    """Settings of offline preference training (and of each round of iterative DPO)."""
+
+    steps: int = 100
+    """Gradient steps (per round, in `iterative_dpo`)."""
+    batch_size: int = 32
+    """Pairs per step, drawn with replacement."""
+    lr: float = 1e-4
+    """Adam learning rate."""
+    beta: float = 0.1
+    """DPO's beta (used by the default loss)."""
+    nll_weight: float = 0.0
+    """alpha in L + alpha * NLL(y_w): the SFT loss on the chosen answers (per-token mean)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm (None: no clipping)."""
+    seed: int = 0
+    """Seeds the minibatch draws (and, in `iterative_dpo`, the prompts and samples)."""
+
+
+def preference_train(policy, pairs, ref=None, config: PreferenceConfig = PreferenceConfig(),
+                     loss_fn: Callable | None = None, with_lengths: bool = False, optimizer=None,
+                     progress: bool = True, callback: Callable | None = None) -> dict[str, list[float]]:
+    """Offline preference optimisation on fixed pairs (`tasks.PreferencePairs`).
+
+    Each step draws `batch_size` pairs, scores chosen and rejected in one forward pass and
+    minimises
+
+        loss_fn(log pi(y_w), log pi(y_l), log pi_ref(y_w), log pi_ref(y_l)) + alpha * NLL(y_w)
+
+    on summed sequence log-probs `[b]`. The default loss is `dpo.dpo_loss` with
+    `config.beta`; `preference.ipo_loss` fits as it is (functools.partial for beta), and
+    with `with_lengths` the loss also gets the lengths |y_w|, |y_l| (for SimPO). The
+    reference log-probs are computed once, up front; ref=None gives zeros (reference-free
+    losses). `optimizer` (Adam at config.lr if None) can be passed in to keep its state
+    across calls. `callback(step, policy, history)` runs after each step.
+
+    Logs per step: "loss", "accuracy" (fraction of the minibatch whose implied reward
+    orders the pair right, h > 0), "margin" (mean h), "chosen_logp" and "rejected_logp"
+    (mean sequence log-probs under the policy), "nll" (per-token NLL of the chosen answers).
+    """
+    if config.steps < 1:
+        raise ValueError(f"config.steps must be >= 1, got {config.steps}")
+    if len(pairs) == 0:
+        raise ValueError("pairs is empty")
+    if config.nll_weight < 0:
+        raise ValueError(f"config.nll_weight must be >= 0, got {config.nll_weight}")
+    loss_fn = loss_fn or (lambda cw, cl, rw, rl: dpo_loss(cw, cl, rw, rl, beta=config.beta))
+    device = next(policy.parameters()).device
+    pad = policy.config.pad_token_id
+    if ref is not None:
+        ref_chosen, ref_rejected = pair_logprobs(ref, pairs)
+    else:
+        ref_chosen = ref_rejected = torch.zeros(len(pairs), device=device)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = optimizer or torch.optim.Adam(policy.parameters(), lr=config.lr)
+    history = defaultdict(list)
+    policy.train()
+    for step in tqdm(range(config.steps), desc="preference", disable=not progress):
+        rows = torch.randint(len(pairs), (config.batch_size,), generator=generator).tolist()
+        chosen, rejected = pairs.chosen.index(rows), pairs.rejected.index(rows)
+        both = concat_batches([chosen, rejected], pad)
+        token_logp = completion_logprobs(policy, both)
+        seq = masked_sum(token_logp, both.completion_mask, dim=1)
+        cw, cl = seq[:len(rows)], seq[len(rows):]
+        rw, rl = ref_chosen[rows], ref_rejected[rows]
+        loss = (loss_fn(cw, cl, rw, rl, chosen.lengths.float(), rejected.lengths.float()) if with_lengths
+                else loss_fn(cw, cl, rw, rl))
+        nll = -masked_mean(token_logp[:len(rows)], both.completion_mask[:len(rows)])
+        if config.nll_weight > 0:
+            loss = loss + config.nll_weight * nll
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+        optimizer.step()
+        h = log_ratio_margin(cw.detach(), cl.detach(), rw, rl)
+        history["loss"].append(loss.item())
+        history["accuracy"].append((h > 0).float().mean().item())
+        history["margin"].append(h.mean().item())
+        history["chosen_logp"].append(cw.mean().item())
+        history["rejected_logp"].append(cl.mean().item())
+        history["nll"].append(nll.item())
+        if callback is not None:
+            callback(step, policy, history)
+    optimizer.zero_grad(set_to_none=True)
+    policy.eval()
+    return dict(history)
+
+
+@torch.no_grad()
+def evaluate(policy, tokenizer, world, n_prompts: int = 256, samples_per_prompt: int = 1, seed: int = 10_000,
+             threshold: float = 1.0, temperature: float = 1.0) -> dict[str, float]:
+    """The policy's own answers, scored by the world's true reward, on `n_prompts` fixed
+    prompts (`seed`): {"reward": mean true reward, "accuracy": fraction with reward >=
+    threshold (exact match in the sort world), "length": mean completion length}.
+    Sampling at temperature 1 measures the expectation the RL objective is about; a low
+    temperature approaches greedy decoding. The caller's torch random stream is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        batch, r = sample_groups(world, policy, tokenizer, n_prompts, samples_per_prompt, seed=seed,
+                                 temperature=temperature)
+    return {"reward": r.mean().item(), "accuracy": (r >= threshold).float().mean().item(),
+            "length": batch.lengths.float().mean().item()}
+
+
+def iterative_dpo(policy, tokenizer, world, rounds: int, n_prompts: int, samples_per_prompt: int = 4, ref=None,
+                  config: PreferenceConfig = PreferenceConfig(), reward_fn: Callable | None = None,
+                  loss_fn: Callable | None = None, update_ref: bool = False, progress: bool = True,
+                  callback: Callable | None = None):
+    """Iterative (online) DPO: for t = 0 .. rounds-1
+
+      1. sample `samples_per_prompt` answers to each of `n_prompts` fresh prompts from pi_theta_t;
+      2. label them: best vs worst by `reward_fn(batch) -> [B]` (a learned reward model), or by
+         the world's true reward when reward_fn is None (`tasks.pairs_from_groups`);
+      3. take `config.steps` DPO steps on these pairs (`preference_train`) -> pi_theta_{t+1}.
+
+    The reference is a frozen copy of the starting policy unless given; `update_ref` makes
+    it the policy of the previous round instead. One Adam optimizer persists across rounds.
+    `callback(round, policy, history)` runs after each round.
+
+    Returns (history, pairs_per_round). history has one entry per round: "true_reward"
+    (mean over the round's samples, before its update), "pairs" (how many prompts gave a
+    pair), "label_accuracy" (pairs whose chosen answer has the higher true reward), and
+    "loss", "accuracy", "chosen_logp", "rejected_logp" averaged over the round's steps.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    ref = ref if ref is not None else frozen_copy(policy)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    torch.manual_seed(config.seed)
+    history, all_pairs = defaultdict(list), []
+    for t in tqdm(range(rounds), desc="iterative DPO", disable=not progress):
+        batch, true_reward = sample_groups(world, policy, tokenizer, n_prompts, samples_per_prompt,
+                                           seed=config.seed + 7919 * (t + 1))
+        scores = reward_fn(batch).detach().to(true_reward.device) if reward_fn is not None else true_reward
+        pairs = pairs_from_groups(batch, scores, samples_per_prompt, true_reward)
+        all_pairs.append(pairs)
+        history["true_reward"].append(true_reward.mean().item())
+        history["pairs"].append(len(pairs))
+        if len(pairs) > 0:  # else every group tied: nothing to learn from this round
+            _dpo_round(policy, pairs, ref, config, t, loss_fn, optimizer, history)
+        if update_ref:
+            ref = frozen_copy(policy)
+        if callback is not None:
+            callback(t, policy, history)
+    return dict(history), all_pairs
+
+
+def _dpo_round(policy, pairs, ref, config, t, loss_fn, optimizer, history) -> None:
+    """Round t of `iterative_dpo`: DPO steps on this round's pairs, averaged metrics into history."""
+    history["label_accuracy"].append((pairs.chosen_reward > pairs.rejected_reward).float().mean().item())
+    round_config = PreferenceConfig(**{**config.__dict__, "seed": config.seed + t})
+    steps = preference_train(policy, pairs, ref, round_config, loss_fn=loss_fn, optimizer=optimizer,
+                             progress=False)
+    for k in ("loss", "accuracy", "chosen_logp", "rejected_logp"):
+        history[k].append(sum(steps[k]) / len(steps[k]))
