@@ -175,7 +175,8 @@ class GRPOLoss:
     kl_in: str = "loss"
     """"loss" (GRPO: beta * k3 differentiated) or "reward" (beta * sum k1 subtracted from R)."""
     max_length: int | None = None
-    """Dr. GRPO's constant L (None: the width of the batch's completions)."""
+    """Dr. GRPO's constant L (None: the width of each batch's completions, which changes when no
+    answer uses the whole budget; pass the world's max_new_tokens for a true constant)."""
     rollout_metrics: Callable | None = None
     """Optional rollout -> {name: number}, logged once per round."""
     _cache: dict = field(default_factory=dict, repr=False)
