@@ -61,8 +61,9 @@ def probability_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tenso
 
 
 def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                  mask: torch.Tensor | None = None, eps: float = 0.2, reduction: str = "mean") -> torch.Tensor:
-    """-L^CLIP, per token:  -min( r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t ).
+                  mask: torch.Tensor | None = None, eps: float = 0.2, reduction: str = "mean",
+                  eps_high: float | None = None) -> torch.Tensor:
+    """-L^CLIP, per token:  -min( r_t A_t, clip(r_t, 1 - eps, 1 + eps_high) A_t ).
 
     The min takes the pessimistic branch: once r_t has moved more than eps in the direction
     A_t rewards (r > 1 + eps with A > 0, r < 1 - eps with A < 0), the clipped branch is a
@@ -70,30 +71,34 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     so a bad step can always be undone.
 
     logp, old_logp: `[B, T]`; advantages `[B]`, `[B, 1]` or `[B, T]`; "mean" = mean over all
-    unmasked tokens, "sum", "none" = `[B, T]` with masked entries 0.
+    unmasked tokens, "sum", "none" = `[B, T]` with masked entries 0. eps_high (None: = eps)
+    sets the upper clip on its own ("clip-higher", DAPO).
 
     >>> ppo_clip_loss(torch.log(torch.tensor([[0.5]])), torch.log(torch.tensor([[0.25]])), torch.tensor([1.0]))
     tensor(-1.2000)
     """
     advantages, m = _check_policy_inputs(logp, old_logp, advantages, mask)
-    check_positive(eps=eps)
+    eps_high = eps if eps_high is None else eps_high
+    check_positive(eps=eps, eps_high=eps_high)
     ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
-    clipped = ratio.clamp(1 - eps, 1 + eps) * advantages
+    clipped = ratio.clamp(1 - eps, 1 + eps_high) * advantages
     return masked_reduce(-torch.minimum(unclipped, clipped), m, reduction)
 
 
 def clip_fraction(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                  mask: torch.Tensor | None = None, eps: float = 0.2) -> torch.Tensor:
+                  mask: torch.Tensor | None = None, eps: float = 0.2, eps_high: float | None = None) -> torch.Tensor:
     """Fraction of unmasked tokens whose clipped branch is active, i.e. whose gradient
-    `ppo_clip_loss` sets to zero: r > 1 + eps with A > 0, or r < 1 - eps with A < 0.
+    `ppo_clip_loss` sets to zero: r > 1 + eps_high with A > 0, or r < 1 - eps with A < 0
+    (eps_high None: = eps).
 
     (Some libraries count |r - 1| > eps instead, which also counts tokens that moved the
     wrong way and still get a gradient.)
     """
     advantages, m = _check_policy_inputs(logp, old_logp, advantages, mask)
     ratio = torch.exp(logp - old_logp)
-    active = ((ratio > 1 + eps) & (advantages > 0)) | ((ratio < 1 - eps) & (advantages < 0))
+    eps_high = eps if eps_high is None else eps_high
+    active = ((ratio > 1 + eps_high) & (advantages > 0)) | ((ratio < 1 - eps) & (advantages < 0))
     return masked_mean(active.float(), m)
 
 

@@ -1,0 +1,234 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath): PPO's clipped ratio with a group-relative advantage
+instead of a critic, the drift KL as a k3 term in the loss, and the variants that change how
+token terms are averaged (DAPO's token mean, Dr. GRPO's constant normaliser).
+
+For G completions o_1..o_G of one prompt with rewards R_i, advantage
+A_i = (R_i - mean R) / std R (`advantages.group_advantages`), ratio r_it = pi_theta / pi_old
+and per-token term
+
+    l_it = -min( r_it A_i, clip(r_it, 1 - eps, 1 + eps_high) A_i )  +  beta * k3_it,
+    k3_it = pi_ref/pi_theta - 1 - log(pi_ref/pi_theta)        (`kl.k3`)
+
+the loss is sum_it w_it l_it with weights w from the aggregation (`aggregation_weights`):
+
+    "grpo"     1/B * 1/|o_i|      mean over each sequence's tokens, then over sequences (the seed's)
+    "token"    1/sum_j |o_j|      mean over all tokens of the batch (DAPO)
+    "dr_grpo"  1/(B * L)          token sum over a constant L (Dr. GRPO; L = the generation budget)
+
+Per-token tensors are `[B, T]` with a `mask` (1 = completion token); rows are laid out group
+after group. `GRPOLoss` is the whole algorithm as a loss for `train.on_policy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from rlbook.advantages import group_advantages
+from rlbook.checks import check_finite, check_log_probs, check_mask, check_positive, check_same_shape
+from rlbook.kl import k1, k2, k3
+from rlbook.masked import masked_mean, masked_sum
+from rlbook.ppo import _per_token, approx_kl, clip_fraction, ppo_clip_loss
+
+AGGREGATIONS = ("grpo", "token", "dr_grpo")
+KL_ESTIMATORS = {"k1": k1, "k2": k2, "k3": k3}
+
+
+def aggregation_weights(mask: torch.Tensor, aggregation: str = "grpo", max_length: int | None = None) -> torch.Tensor:
+    """Weights w_it with loss = sum_it w_it l_it; 0 at masked positions. mask: `[B, T]`.
+
+    "grpo":    w_it = 1 / (B |o_i|)        every sequence counts the same, whatever its length
+    "token":   w_it = 1 / sum_j |o_j|      every token counts the same
+    "dr_grpo": w_it = 1 / (B L)            L = max_length (None: T, the mask's width)
+
+    Under "grpo" a token of a long completion weighs less than one of a short completion:
+    a long wrong answer is penalised less per token (Dr. GRPO's length bias).
+
+    >>> aggregation_weights(torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]), "grpo")
+    tensor([[0.1250, 0.1250, 0.1250, 0.1250],
+            [0.2500, 0.2500, 0.0000, 0.0000]])
+    >>> aggregation_weights(torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]), "dr_grpo", max_length=8)
+    tensor([[0.0625, 0.0625, 0.0625, 0.0625],
+            [0.0625, 0.0625, 0.0000, 0.0000]])
+    """
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be [B, T], got shape {tuple(mask.shape)}")
+    m = check_mask(mask, mask if mask.is_floating_point() else mask.float(), "mask")
+    lengths = m.sum(1, keepdim=True)
+    if (lengths == 0).any():
+        raise ValueError("mask has a row with no completion token")
+    B, T = m.shape
+    if aggregation == "grpo":
+        return m / (B * lengths)
+    if aggregation == "token":
+        return m / lengths.sum()
+    if aggregation == "dr_grpo":
+        L = T if max_length is None else max_length
+        if L < lengths.max():
+            raise ValueError(f"max_length={max_length} is shorter than the longest completion ({int(lengths.max())} tokens)")
+        return m / (B * L)
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,
+              mask: torch.Tensor | None, eps: float = 0.2, beta: float = 0.04, kl_estimator: str = "k3",
+              aggregation: str = "grpo", reduction: str = "mean", eps_high: float | None = None,
+              max_length: int | None = None) -> torch.Tensor:
+    """-J_GRPO = sum_it w_it [ -min(r_it A_it, clip(r_it, 1 - eps, 1 + eps_high) A_it) + beta * KL_it ]
+
+    r_it = exp(logp - old_logp) (`ppo.ppo_clip_loss`), KL_it = kl_estimator(logp, ref_logp)
+    (k3 = GRPO's; differentiated through logp: the KL is in the loss), w_it from
+    `aggregation_weights(mask, aggregation, max_length)`.
+
+    logp, old_logp, ref_logp, mask: `[B, T]`; ref_logp may be None when beta = 0.
+    advantages: `[B]`, `[B, 1]` or `[B, T]` (e.g. `group_advantages(rewards, G)`).
+    eps_high: upper clip (None: = eps); eps_high > eps is DAPO's clip-higher.
+    reduction: "mean" (the aggregated loss above) or "none" (the per-token terms l_it `[B, T]`,
+    unweighted, 0 at masked positions; `(aggregation_weights(...) * l).sum()` gives "mean").
+
+    At the first step (theta = theta_old = theta_ref) r = 1 and k3 = 0, so with "grpo" the loss
+    is -1/B sum_i A_i = 0 (group advantages sum to 0), while its gradient is not.
+
+    >>> A = torch.tensor([1.0, -1.0])
+    >>> logp = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, 0.0, 0.0]])
+    >>> mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    >>> grpo_loss(logp, logp, None, A, mask, beta=0.0).item()
+    0.0
+    >>> round(grpo_loss(logp, logp, None, A, mask, beta=0.0, aggregation="token").item(), 4)  # -(3 - 1) / 4
+    -0.5
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {kl_estimator!r}")
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    m = check_mask(mask, logp, "logp")
+    per_token = ppo_clip_loss(logp, old_logp, advantages, m, eps=eps, reduction="none", eps_high=eps_high)
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("ref_logp is None but beta > 0: the KL term needs pi_ref's log-probs")
+        check_same_shape(logp=logp, ref_logp=ref_logp)
+        check_log_probs(ref_logp=ref_logp)
+        kl = KL_ESTIMATORS[kl_estimator](logp, ref_logp)
+        per_token = per_token + beta * torch.where(m.bool(), kl, torch.zeros_like(kl))
+    if reduction == "none":
+        return per_token
+    return (aggregation_weights(m, aggregation, max_length) * per_token).sum()
+
+
+def kl_penalised_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, beta: float,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The drift KL in the reward instead of the loss, with k1 (the sequence log-ratio):
+
+        R'_i = R_i - beta * sum_t k1_it = R_i - beta * log( pi(o_i | x) / pi_ref(o_i | x) )
+
+    rewards: `[B]`; logp (the sampling policy's, `old_logp`), ref_logp, mask: `[B, T]`.
+    Detached: a reward is not differentiated. Feed R' to `group_advantages` and use beta = 0
+    in `grpo_loss`.
+
+    >>> kl_penalised_rewards(torch.tensor([1.0]), torch.tensor([[-0.5, -1.0]]), torch.tensor([[-1.0, -2.0]]), 0.1)
+    tensor([0.8500])
+    """
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if rewards.dim() != 1 or rewards.shape[0] != logp.shape[0]:
+        raise ValueError(f"rewards must be [B] with B = {logp.shape[0]} (logp's rows), got shape {tuple(rewards.shape)}")
+    check_finite(rewards=rewards)
+    check_log_probs(logp=logp, ref_logp=ref_logp)
+    return (rewards - beta * masked_sum(k1(logp, ref_logp), mask, dim=1)).detach()
+
+
+# ---------------------------------------------------------------- the full GRPO loss for train.on_policy
+
+@dataclass
+class GRPOLoss:
+    """GRPO as `train.on_policy`'s loss_fn, with G = config.group_size samples per prompt:
+    `on_policy(policy, tok, world, loss_fn=GRPOLoss(), config, ref=ref)` (ref may be None
+    when beta = 0: then only the policy is in memory).
+
+    Once per rollout (the first inner step that sees it):
+      R'  = R                                             kl_in="loss"
+          = R - beta * sum_t k1(old_logp, ref_logp)        kl_in="reward" (`kl_penalised_rewards`)
+      A   = group_advantages(R', G, scale)                 no critic
+    Every inner step on the same samples (old log-probs kept, so the ratio leaves 1):
+      loss = grpo_loss(logp, old_logp, ref_logp, A, mask, eps, beta (0 if kl_in="reward"), ...)
+    """
+
+    beta: float = 0.04
+    """Drift-KL coefficient (0: no reference model needed)."""
+    eps: float = 0.2
+    """Lower clip of the ratio (and upper, unless eps_high is set)."""
+    eps_high: float | None = None
+    """Upper clip (DAPO's clip-higher uses 0.28 with eps = 0.2); None: = eps."""
+    aggregation: str = "grpo"
+    """"grpo", "token" (DAPO) or "dr_grpo": see `aggregation_weights`."""
+    scale: str | None = None
+    """Advantage scaling: "std" (GRPO) or "none" (Dr. GRPO); None: "none" for aggregation
+    "dr_grpo", else "std"."""
+    kl_estimator: str = "k3"
+    """Estimator of the per-token KL in the loss: "k1", "k2" or "k3" (GRPO's)."""
+    kl_in: str = "loss"
+    """"loss" (GRPO: beta * k3 differentiated) or "reward" (beta * sum k1 subtracted from R)."""
+    max_length: int | None = None
+    """Dr. GRPO's constant L (None: the width of each batch's completions, which changes when no
+    answer uses the whole budget; pass the world's max_new_tokens for a true constant)."""
+    rollout_metrics: Callable | None = None
+    """Optional rollout -> {name: number}, logged once per round."""
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        check_positive(eps=self.eps)
+        if self.eps_high is not None:
+            check_positive(eps_high=self.eps_high)
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.scale is None:
+            self.scale = "none" if self.aggregation == "dr_grpo" else "std"
+        if self.scale not in ("std", "none"):
+            raise ValueError(f"scale must be 'std' or 'none', got {self.scale!r}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        if self.kl_in not in ("loss", "reward"):
+            raise ValueError(f"kl_in must be 'loss' or 'reward', got {self.kl_in!r}")
+
+    def prepare(self, rollout) -> dict:
+        """Rewards (KL-penalised if kl_in="reward") and group advantages of a rollout, once."""
+        if self._cache.get("rollout") is rollout:
+            return self._cache
+        if self.beta > 0 and rollout.ref_logp is None:
+            raise ValueError("beta > 0 needs a reference model: run on_policy(..., ref=ref_model)")
+        mask, rewards = rollout.mask, rollout.rewards
+        with torch.no_grad():
+            if self.kl_in == "reward" and self.beta > 0:
+                rewards = kl_penalised_rewards(rewards, rollout.old_logp, rollout.ref_logp, self.beta, mask)
+            advantages = group_advantages(rewards, rollout.group_size, self.scale)
+        groups = rollout.rewards.view(-1, rollout.group_size)
+        metrics = {"zero_adv_groups": (groups == groups[:, :1]).all(1).float().mean().item()}
+        if rollout.ref_logp is not None:
+            metrics["drift_kl"] = masked_sum(k1(rollout.old_logp, rollout.ref_logp), mask, dim=1).mean().item()
+        if self.rollout_metrics is not None:
+            metrics.update({k: float(v) for k, v in self.rollout_metrics(rollout).items()})
+        self._cache = dict(rollout=rollout, advantages=advantages, metrics=metrics)
+        return self._cache
+
+    def __call__(self, logp: torch.Tensor, rollout, logits: torch.Tensor | None = None):
+        c = self.prepare(rollout)
+        mask, old_logp, adv = rollout.mask, rollout.old_logp, c["advantages"]
+        beta = self.beta if self.kl_in == "loss" else 0.0
+        loss = grpo_loss(logp, old_logp, rollout.ref_logp, adv, mask, eps=self.eps, beta=beta,
+                         kl_estimator=self.kl_estimator, aggregation=self.aggregation, eps_high=self.eps_high,
+                         max_length=self.max_length)
+        metrics = dict(c["metrics"])
+        metrics.update(policy_loss=loss.item(),
+                       clip_frac=clip_fraction(logp.detach(), old_logp, adv, mask, self.eps, self.eps_high).item(),
+                       approx_kl=approx_kl(logp, old_logp, mask).item())
+        if rollout.ref_logp is not None:
+            metrics["k3_per_token"] = masked_mean(k3(logp.detach(), rollout.ref_logp), mask).item()
+        return loss, metrics
