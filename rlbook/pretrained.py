@@ -67,7 +67,8 @@ def sft_model(world: World | str, model_config: dict | None = None, sft_config: 
         history = json.loads((path / "history.json").read_text())
         return model, tokenizer, history
 
-    print(f"training the SFT model for {world.name!r} (cached afterwards in {path})")
+    shown = str(path).replace(str(Path.home()), "~", 1)  # no user name in committed notebook outputs
+    print(f"training the SFT model for {world.name!r} (cached afterwards in {shown})")
     tokenizer = world.tokenizer()
     model = tiny_lm(tokenizer, seed=seed, **model_config).to(device)
     cfg = dict(sft_config)
