@@ -28,12 +28,11 @@ import torch
 
 from rlbook.advantages import group_advantages
 from rlbook.checks import check_finite, check_log_probs, check_mask, check_positive, check_same_shape
-from rlbook.kl import k1, k2, k3
+from rlbook.kl import ESTIMATORS, k1, k3, kl_estimate
 from rlbook.masked import masked_mean, masked_sum
 from rlbook.ppo import _per_token, approx_kl, clip_fraction, ppo_clip_loss
 
 AGGREGATIONS = ("grpo", "token", "dr_grpo")
-KL_ESTIMATORS = {"k1": k1, "k2": k2, "k3": k3}
 
 
 def aggregation_weights(mask: torch.Tensor, aggregation: str = "grpo", max_length: int | None = None) -> torch.Tensor:
@@ -103,8 +102,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {kl_estimator!r}")
+    if kl_estimator not in ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {sorted(ESTIMATORS)}, got {kl_estimator!r}")
     if not beta >= 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     m = check_mask(mask, logp, "logp")
@@ -114,7 +113,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
             raise ValueError("ref_logp is None but beta > 0: the KL term needs pi_ref's log-probs")
         check_same_shape(logp=logp, ref_logp=ref_logp)
         check_log_probs(ref_logp=ref_logp)
-        kl = KL_ESTIMATORS[kl_estimator](logp, ref_logp)
+        kl = kl_estimate(logp, ref_logp, kl_estimator)
         per_token = per_token + beta * torch.where(m.bool(), kl, torch.zeros_like(kl))
     if reduction == "none":
         return per_token
@@ -193,8 +192,8 @@ class GRPOLoss:
             self.scale = "none" if self.aggregation == "dr_grpo" else "std"
         if self.scale not in ("std", "none"):
             raise ValueError(f"scale must be 'std' or 'none', got {self.scale!r}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        if self.kl_estimator not in ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {sorted(ESTIMATORS)}, got {self.kl_estimator!r}")
         if self.kl_in not in ("loss", "reward"):
             raise ValueError(f"kl_in must be 'loss' or 'reward', got {self.kl_in!r}")
 
