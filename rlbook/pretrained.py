@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -53,7 +55,22 @@ def sft_model(world: World | str, model_config: dict | None = None, sft_config: 
 
     Loads from the cache when the key is there; otherwise trains (printing that it does),
     saves with `save_pretrained` and returns the result. `history` is the SFT loss curve.
+    Python's and torch's global random state are left as they were either way, so what a
+    notebook samples next does not depend on whether the model was in the cache.
     """
+    with _random_state_kept():
+        return _sft_model(world, model_config, sft_config, seed, device, progress, rebuild)
+
+
+@contextmanager
+def _random_state_kept():
+    state = random.getstate()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        yield
+    random.setstate(state)
+
+
+def _sft_model(world, model_config, sft_config, seed, device, progress, rebuild):
     world = make_world(world) if isinstance(world, str) else world
     model_config = {**MODEL_DEFAULTS, **(model_config or {})}
     sft_config = {**SFT_DEFAULTS, **SFT_RECIPES.get(world.name, {}), **(sft_config or {})}
