@@ -131,3 +131,19 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     g = _groups(rewards, group_size)
     baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
     return (g - baseline).reshape(-1)
+
+
+def per_token(advantages: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Advantages `[B]` (one per sequence), `[B, 1]` or `[B, T]` as `[B, T]`, shaped like `logp`.
+
+    >>> per_token(torch.tensor([1.0, -1.0]), torch.zeros(2, 3)).tolist()
+    [[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]
+    """
+    if advantages.shape == logp.shape:
+        return advantages
+    if advantages.dim() == 1 and advantages.shape[0] == logp.shape[0]:
+        return advantages.unsqueeze(1).expand_as(logp)
+    if advantages.shape == (logp.shape[0], 1):
+        return advantages.expand_as(logp)
+    raise ValueError(f"advantages has shape {tuple(advantages.shape)}; expected [B], [B, 1] or "
+                     f"{list(logp.shape)} to match logp")

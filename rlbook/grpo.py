@@ -30,7 +30,7 @@ from rlbook.advantages import group_advantages
 from rlbook.checks import check_finite, check_log_probs, check_mask, check_positive, check_same_shape
 from rlbook.kl import ESTIMATORS, k1, k3, kl_estimate
 from rlbook.masked import masked_mean, masked_sum
-from rlbook.ppo import _per_token, approx_kl, clip_fraction, ppo_clip_loss
+from rlbook.ppo import approx_kl, clip_fraction, ppo_clip_loss
 
 AGGREGATIONS = ("grpo", "token", "dr_grpo")
 

@@ -27,11 +27,11 @@ from typing import Callable
 
 import torch
 
-from rlbook.advantages import discounted_returns
+from rlbook.advantages import discounted_returns, per_token
 from rlbook.checks import check_finite, check_log_probs, check_mask
 from rlbook.exact import TabularPolicy, flat_grad, token_score_gradients
 from rlbook.masked import masked_reduce, masked_sum
-from rlbook.ppo import _per_token, shaped_rewards
+from rlbook.ppo import shaped_rewards
 
 # ---------------------------------------------------------------- the derivation, exactly
 
@@ -113,10 +113,10 @@ def reinforce_loss(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Ten
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
     m = check_mask(mask, logp, "logp")
-    per_token = -_per_token(advantages.detach().to(logp.dtype), logp) * logp
+    terms = -per_token(advantages.detach().to(logp.dtype), logp) * logp
     if reduction == "sequence":
-        return masked_sum(per_token, m) / logp.shape[0]
-    return masked_reduce(per_token, m, reduction)
+        return masked_sum(terms, m) / logp.shape[0]
+    return masked_reduce(terms, m, reduction)
 
 
 def score_function_gradient(logp: torch.Tensor, weights: torch.Tensor, params, mask: torch.Tensor | None = None,

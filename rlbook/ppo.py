@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from rlbook.advantages import gae, whiten
+from rlbook.advantages import gae, per_token, whiten
 from rlbook.checks import (check_finite, check_log_probs, check_mask, check_positive, check_same_shape,
                            check_unit_interval)
 from rlbook.kl import k3, kl_divergence, kl_penalty_rewards
@@ -27,23 +27,11 @@ from rlbook.masked import masked_mean, masked_reduce, masked_sum
 from rlbook.value import explained_variance, value_loss, values
 
 
-def _per_token(advantages: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """Advantages `[B]`, `[B, 1]` or `[B, T]` as `[B, T]`."""
-    if advantages.shape == logp.shape:
-        return advantages
-    if advantages.dim() == 1 and advantages.shape[0] == logp.shape[0]:
-        return advantages.unsqueeze(1).expand_as(logp)
-    if advantages.shape == (logp.shape[0], 1):
-        return advantages.expand_as(logp)
-    raise ValueError(f"advantages has shape {tuple(advantages.shape)}; expected [B], [B, 1] or "
-                     f"{list(logp.shape)} to match logp")
-
-
 def _check_policy_inputs(logp, old_logp, advantages, mask):
     check_same_shape(logp=logp, old_logp=old_logp)
     check_log_probs(logp=logp, old_logp=old_logp)
     check_finite(advantages=advantages)
-    return _per_token(advantages, logp), check_mask(mask, logp, "logp")
+    return per_token(advantages, logp), check_mask(mask, logp, "logp")
 
 
 def probability_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
