@@ -54,6 +54,13 @@ def check_positive(**values: float) -> None:
             raise ValueError(f"{name} must be > 0, got {v}")
 
 
+def check_nonnegative(**values: float) -> None:
+    """Raise ValueError unless every given number is >= 0 (NaN fails too)."""
+    for name, v in values.items():
+        if not v >= 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+
+
 def check_unit_interval(**values: float) -> None:
     """Raise ValueError unless every given number lies in [0, 1]."""
     for name, v in values.items():

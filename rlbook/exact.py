@@ -193,8 +193,13 @@ def estimator_moments(policy: TabularPolicy, estimates: torch.Tensor) -> tuple[t
         p = policy.probs()
     if estimates.dim() != 2 or estimates.shape[0] != p.shape[0]:
         raise ValueError(f"estimates must be [{p.shape[0]}, P], got shape {tuple(estimates.shape)}")
-    mean = (p.unsqueeze(1) * estimates).sum(0)
-    variance = (p * ((estimates - mean) ** 2).sum(1)).sum()
+    return _moments(p, estimates)
+
+
+def _moments(prob: torch.Tensor, estimates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and total variance of the rows of `estimates` `[M, P]` with probabilities `prob` `[M]`."""
+    mean = (prob.unsqueeze(1) * estimates).sum(0)
+    variance = (prob * ((estimates - mean) ** 2).sum(1)).sum()
     return mean, variance
 
 
@@ -236,7 +241,4 @@ def batch_estimator_moments(policy: TabularPolicy, token_scores: torch.Tensor, t
     M = batches.shape[0]
     phi = weights_fn(token_rewards[batches.reshape(-1)]).reshape(M, n, T).to(token_scores.dtype)
     estimates = torch.einsum("mntp,mnt->mp", token_scores[batches], phi) / n
-    prob = p[batches].prod(1)
-    mean = (prob.unsqueeze(1) * estimates).sum(0)
-    variance = (prob * ((estimates - mean) ** 2).sum(1)).sum()
-    return mean, variance
+    return _moments(p[batches].prod(1), estimates)

@@ -27,9 +27,9 @@ from typing import Callable
 import torch
 
 from rlbook.advantages import group_advantages
-from rlbook.checks import check_finite, check_log_probs, check_mask, check_positive, check_same_shape
-from rlbook.kl import ESTIMATORS, k1, k3, kl_estimate
-from rlbook.masked import masked_mean, masked_sum
+from rlbook.checks import check_log_probs, check_mask, check_nonnegative, check_positive, check_same_shape
+from rlbook.kl import ESTIMATORS, k3, kl_estimate, kl_penalised_rewards, sequence_kl
+from rlbook.masked import masked_mean
 from rlbook.ppo import approx_kl, clip_fraction, ppo_clip_loss
 
 AGGREGATIONS = ("grpo", "token", "dr_grpo")
@@ -104,8 +104,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     if kl_estimator not in ESTIMATORS:
         raise ValueError(f"kl_estimator must be one of {sorted(ESTIMATORS)}, got {kl_estimator!r}")
-    if not beta >= 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    check_nonnegative(beta=beta)
     m = check_mask(mask, logp, "logp")
     per_token = ppo_clip_loss(logp, old_logp, advantages, m, eps=eps, reduction="none", eps_high=eps_high)
     if beta > 0:
@@ -118,28 +117,6 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     if reduction == "none":
         return per_token
     return (aggregation_weights(m, aggregation, max_length) * per_token).sum()
-
-
-def kl_penalised_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, beta: float,
-                         mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The drift KL in the reward instead of the loss, with k1 (the sequence log-ratio):
-
-        R'_i = R_i - beta * sum_t k1_it = R_i - beta * log( pi(o_i | x) / pi_ref(o_i | x) )
-
-    rewards: `[B]`; logp (the sampling policy's, `old_logp`), ref_logp, mask: `[B, T]`.
-    Detached: a reward is not differentiated. Feed R' to `group_advantages` and use beta = 0
-    in `grpo_loss`.
-
-    >>> kl_penalised_rewards(torch.tensor([1.0]), torch.tensor([[-0.5, -1.0]]), torch.tensor([[-1.0, -2.0]]), 0.1)
-    tensor([0.8500])
-    """
-    if not beta >= 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
-    if rewards.dim() != 1 or rewards.shape[0] != logp.shape[0]:
-        raise ValueError(f"rewards must be [B] with B = {logp.shape[0]} (logp's rows), got shape {tuple(rewards.shape)}")
-    check_finite(rewards=rewards)
-    check_log_probs(logp=logp, ref_logp=ref_logp)
-    return (rewards - beta * masked_sum(k1(logp, ref_logp), mask, dim=1)).detach()
 
 
 # ---------------------------------------------------------------- the full GRPO loss for train.on_policy
@@ -211,7 +188,7 @@ class GRPOLoss:
         groups = rollout.rewards.view(-1, rollout.group_size)
         metrics = {"zero_adv_groups": (groups == groups[:, :1]).all(1).float().mean().item()}
         if rollout.ref_logp is not None:
-            metrics["drift_kl"] = masked_sum(k1(rollout.old_logp, rollout.ref_logp), mask, dim=1).mean().item()
+            metrics["drift_kl"] = sequence_kl(rollout.old_logp, rollout.ref_logp, mask).item()
         if self.rollout_metrics is not None:
             metrics.update({k: float(v) for k, v in self.rollout_metrics(rollout).items()})
         self._cache = dict(rollout=rollout, advantages=advantages, metrics=metrics)

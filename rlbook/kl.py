@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .advantages import group_advantages
-from .checks import check_finite, check_mask, check_same_shape
+from .checks import check_finite, check_log_probs, check_mask, check_nonnegative, check_same_shape
 from .exact import TabularPolicy, cosine, flat_grad
 from .masked import masked_sum
 
@@ -122,8 +122,7 @@ def kl_penalty_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torc
     >>> kl_penalty_rewards(torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0, -1.0]]), torch.tensor([[-2.0, -1.0]]), beta=0.5)
     tensor([[-0.5000,  1.0000]])
     """
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    check_nonnegative(beta=beta)
     check_same_shape(rewards=rewards, logp=logp)
     check_finite(rewards=rewards)
     m = check_mask(mask, logp, "logp")
@@ -146,8 +145,7 @@ def kl_penalty_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float, est
     >>> kl_penalty_loss(torch.tensor([[-1.0, -1.0]]), torch.tensor([[-2.0, -1.0]]), beta=0.5, estimator="k1")
     tensor(0.5000)
     """
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    check_nonnegative(beta=beta)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     if logp.dim() != 2:
@@ -165,6 +163,37 @@ def _as_policy(p, name: str) -> TabularPolicy:
     if isinstance(p, torch.Tensor) and p.dim() == 1:  # a categorical policy = a one-token sequence policy
         return TabularPolicy(vocab_size=p.shape[0], length=1, logits=p.detach().double().unsqueeze(0))
     raise ValueError(f"{name} must be a TabularPolicy or 1-D logits [V], got {type(p).__name__}")
+
+
+def kl_penalised_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None, beta: float,
+                         mask: torch.Tensor | None = None, estimator: str = "k1") -> torch.Tensor:
+    """The penalty in the reward at sequence level: each completion's reward minus beta times
+    its summed per-token estimates (GRPO's "KL in the reward" option, chapter 06's runs),
+
+        R'_i = R_i - beta * sum_t stopgrad(k_it)      (k1: R_i - beta * log pi(o_i|x) / pi_ref(o_i|x))
+
+    the sum over tokens of `kl_penalty_rewards` with the reward R_i at the last token.
+    rewards: `[B]`; logp (the sampling policy's, `old_logp`), ref_logp, mask: `[B, T]`. Returns `[B]`,
+    detached. beta = 0 returns the rewards (ref_logp may then be None).
+
+    >>> kl_penalised_rewards(torch.tensor([1.0]), torch.tensor([[-0.5, -1.0]]), torch.tensor([[-1.0, -2.0]]), 0.1)
+    tensor([0.8500])
+    """
+    check_nonnegative(beta=beta)
+    if rewards.dim() != 1 or rewards.shape[0] != logp.shape[0]:
+        raise ValueError(f"rewards must be [B] with B = {logp.shape[0]} (logp's rows), got shape {tuple(rewards.shape)}")
+    check_finite(rewards=rewards)
+    if beta == 0:
+        return rewards.detach()
+    check_log_probs(logp=logp, ref_logp=ref_logp)
+    penalties = kl_penalty_rewards(torch.zeros_like(logp), logp, ref_logp, beta, estimator, mask)
+    return (rewards + masked_sum(penalties, mask, dim=1)).detach()
+
+
+def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over sequences of sum_t log(pi / pi_ref): the k1 estimate of the sequence-level
+    drift KL(pi || pi_ref) from samples of pi. logp, ref_logp, mask: `[B, T]`; returns a scalar."""
+    return masked_sum(k1(logp, ref_logp), mask, dim=1).mean()
 
 
 def exact_kl_gradients(policy, ref) -> dict[str, torch.Tensor]:
@@ -232,7 +261,7 @@ class KLPlacementLoss:
     """REINFORCE with a drift-KL penalty placed in the reward or in the loss, as `train.on_policy`'s
     loss_fn (run it with `with_logits=True` to log the exact KL). Per sequence i of a group:
 
-        placement="reward":  R'_i = R_i - beta * sum_t stopgrad(k_it)           (ppo.shaped_rewards, summed)
+        placement="reward":  R'_i = R_i - beta * sum_t stopgrad(k_it)           (kl_penalised_rewards)
                              loss = -mean_i A_i sum_t log pi(a_it|s_it)
         placement="loss":    R'_i = R_i
                              loss = -mean_i A_i sum_t log pi(a_it|s_it) + beta * mean_i sum_t k_it   (kl_penalty_loss)
@@ -254,23 +283,20 @@ class KLPlacementLoss:
             raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {self.estimator!r}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        check_nonnegative(beta=self.beta)
 
     def __call__(self, logp: torch.Tensor, rollout, logits: torch.Tensor | None = None):
-        from rlbook.ppo import shaped_rewards  # ppo imports this module
-
         mask = rollout.mask
         beta_in_reward = self.beta if self.placement == "reward" else 0.0
-        returns = masked_sum(shaped_rewards(rollout.rewards, rollout.old_logp, rollout.ref_logp, beta_in_reward,
-                                            mask, self.estimator), mask, dim=1)
+        returns = kl_penalised_rewards(rollout.rewards, rollout.old_logp, rollout.ref_logp, beta_in_reward, mask,
+                                       self.estimator)
         advantages = group_advantages(returns, rollout.group_size, scale="none")
         loss = -(advantages.detach() * masked_sum(logp, mask, dim=1)).mean()
         if self.placement == "loss" and self.beta > 0:
             loss = loss + kl_penalty_loss(logp, rollout.ref_logp, self.beta, self.estimator, mask)
         metrics = {}
         if rollout.ref_logp is not None:
-            metrics["k1_kl"] = masked_sum(rollout.old_logp - rollout.ref_logp, mask, dim=1).mean().item()
+            metrics["k1_kl"] = sequence_kl(rollout.old_logp, rollout.ref_logp, mask).item()
         if logits is not None and rollout.ref_logits is not None:
             per_state = kl_divergence(logits.detach().float(), rollout.ref_logits.float())
             metrics["exact_kl"] = masked_sum(per_state, mask, dim=1).mean().item()

@@ -19,11 +19,11 @@ from typing import Callable
 import torch
 
 from rlbook.advantages import gae, per_token, whiten
-from rlbook.checks import (check_finite, check_log_probs, check_mask, check_positive, check_same_shape,
-                           check_unit_interval)
-from rlbook.kl import k3, kl_divergence, kl_penalty_rewards
+from rlbook.checks import (check_finite, check_log_probs, check_mask, check_nonnegative, check_positive,
+                           check_same_shape, check_unit_interval)
+from rlbook.kl import k3, kl_divergence, kl_penalty_rewards, sequence_kl
 from rlbook.lm import completion_logits
-from rlbook.masked import masked_mean, masked_reduce, masked_sum
+from rlbook.masked import masked_mean, masked_reduce
 from rlbook.value import explained_variance, value_loss, values
 
 
@@ -196,8 +196,7 @@ def shaped_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Ten
     ...                beta=0.1, mask=torch.tensor([[1, 1, 0]]))
     tensor([[-0.0500,  2.0000,  0.0000]])
     """
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
+    check_nonnegative(beta=beta)
     if scores.dim() != 1 or scores.shape[0] != logp.shape[0]:
         raise ValueError(f"scores must be [B] with B = {logp.shape[0]} (logp's rows), got shape {tuple(scores.shape)}")
     check_finite(scores=scores, logp=logp)
@@ -213,13 +212,6 @@ def shaped_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Ten
         check_same_shape(logp=logp, ref_logp=ref_logp)
         rewards = kl_penalty_rewards(rewards, logp, ref_logp, beta, estimator, m)
     return torch.where(m.bool(), rewards, torch.zeros_like(rewards))
-
-
-def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over sequences of sum_t log(pi / pi_ref): the k1 estimate of the sequence-level
-    drift KL(pi || pi_ref) from samples of pi."""
-    check_same_shape(logp=logp, ref_logp=ref_logp)
-    return masked_sum(logp - ref_logp, mask, dim=1).mean()
 
 
 # ---------------------------------------------------------------- the full PPO loss for train.on_policy
@@ -266,8 +258,7 @@ class PPOLoss:
     def __post_init__(self):
         check_unit_interval(gamma=self.gamma, lam=self.lam)
         check_positive(eps=self.eps)
-        if self.drift_beta < 0 or self.vf_coef < 0:
-            raise ValueError(f"drift_beta and vf_coef must be >= 0, got {self.drift_beta} and {self.vf_coef}")
+        check_nonnegative(drift_beta=self.drift_beta, vf_coef=self.vf_coef)
         if self.variant not in ("clip", "klpen"):
             raise ValueError(f"variant must be 'clip' or 'klpen', got {self.variant!r}")
         if self.variant == "klpen" and self.kl_controller is None:

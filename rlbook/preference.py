@@ -68,7 +68,7 @@ def kto_loss(logp, ref_logp, desirable, beta: float = 0.1, lambda_d: float = 1.0
                          f"got {desirable.dtype} {tuple(desirable.shape)}")
     r = logp - ref_logp
     if z0 is None:
-        z0 = r.mean().clamp(min=0.0)
+        z0 = kto_reference_point(logp, ref_logp)
     z0 = torch.as_tensor(z0, dtype=r.dtype, device=r.device).detach()
     check_finite(z0=z0)
     u = beta * (r - z0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -406,7 +406,7 @@ def iterative_dpo(policy, tokenizer, world, rounds: int, n_prompts: int, samples
 def _dpo_round(policy, pairs, ref, config, t, loss_fn, optimizer, history) -> None:
     """Round t of `iterative_dpo`: DPO steps on this round's pairs, averaged metrics into history."""
     history["label_accuracy"].append((pairs.chosen_reward > pairs.rejected_reward).float().mean().item())
-    round_config = PreferenceConfig(**{**config.__dict__, "seed": config.seed + t})
+    round_config = replace(config, seed=config.seed + t)
     steps = preference_train(policy, pairs, ref, round_config, loss_fn=loss_fn, optimizer=optimizer,
                              progress=False)
     for k in ("loss", "accuracy", "chosen_logp", "rejected_logp"):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from rlbook.exact import TabularPolicy, flat_grad
-from rlbook.grpo import GRPOLoss, aggregation_weights, grpo_loss, kl_penalised_rewards
+from rlbook.grpo import GRPOLoss, aggregation_weights, grpo_loss
+from rlbook.kl import kl_penalised_rewards
 from rlbook.lm import Batch, completion_logprobs, frozen_copy
 from rlbook.ppo import clip_fraction, ppo_clip_loss
 from rlbook.tasks import sample_groups

@@ -276,3 +276,29 @@ def test_missing_reference_is_rejected():
         kl_penalty_loss(logp, None, 0.1)
     with pytest.raises(ValueError, match="ref_logp"):
         kl_penalty_rewards(torch.zeros(1, 2), logp, None, 0.1)
+
+
+def test_a_nan_beta_is_rejected_everywhere():
+    from rlbook.kl import kl_penalised_rewards, kl_penalty_loss, kl_penalty_rewards
+    from rlbook.ppo import shaped_rewards
+    logp, ref_logp = torch.full((1, 2), -1.0), torch.full((1, 2), -2.0)
+    nan = float("nan")
+    for call in (lambda: kl_penalty_rewards(torch.zeros(1, 2), logp, ref_logp, nan),
+                 lambda: kl_penalty_loss(logp, ref_logp, nan),
+                 lambda: kl_penalised_rewards(torch.zeros(1), logp, ref_logp, nan),
+                 lambda: shaped_rewards(torch.zeros(1), logp, ref_logp, nan)):
+        with pytest.raises(ValueError, match="beta"):
+            call()
+
+
+def test_kl_penalised_rewards_is_the_sum_of_the_per_token_penalties():
+    from rlbook.kl import kl_penalised_rewards
+    g = torch.Generator().manual_seed(3)
+    logp, ref_logp = -torch.rand(4, 5, generator=g) * 3, -torch.rand(4, 5, generator=g) * 3
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
+    R = torch.randn(4, generator=g)
+    for name, k in (("k1", k1), ("k2", k2), ("k3", k3)):
+        by_hand = [R[i] - 0.3 * sum(k(logp[i, t:t + 1], ref_logp[i, t:t + 1]).item()
+                                    for t in range(5) if mask[i, t]) for i in range(4)]
+        got = kl_penalised_rewards(R, logp, ref_logp, 0.3, mask, name)
+        assert torch.allclose(got, torch.tensor(by_hand), atol=1e-6)
