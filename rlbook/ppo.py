@@ -27,13 +27,6 @@ from rlbook.masked import masked_mean, masked_reduce
 from rlbook.value import explained_variance, value_loss, values
 
 
-def _check_policy_inputs(logp, old_logp, advantages, mask):
-    check_same_shape(logp=logp, old_logp=old_logp)
-    check_log_probs(logp=logp, old_logp=old_logp)
-    check_finite(advantages=advantages)
-    return per_token(advantages, logp), check_mask(mask, logp, "logp")
-
-
 def probability_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
     """r_t(theta) = pi_theta(a_t | s_t) / pi_old(a_t | s_t) = exp(logp - old_logp), per token.
 
@@ -46,6 +39,13 @@ def probability_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tenso
     check_same_shape(logp=logp, old_logp=old_logp)
     check_log_probs(logp=logp, old_logp=old_logp)
     return torch.exp(logp - old_logp)
+
+
+def _policy_inputs(logp, old_logp, advantages, mask):
+    """(ratio, per-token advantages, float mask), after checking all four."""
+    ratio = probability_ratio(logp, old_logp)
+    check_finite(advantages=advantages)
+    return ratio, per_token(advantages, logp), check_mask(mask, logp, "logp")
 
 
 def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
@@ -65,10 +65,9 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     >>> ppo_clip_loss(torch.log(torch.tensor([[0.5]])), torch.log(torch.tensor([[0.25]])), torch.tensor([1.0]))
     tensor(-1.2000)
     """
-    advantages, m = _check_policy_inputs(logp, old_logp, advantages, mask)
+    ratio, advantages, m = _policy_inputs(logp, old_logp, advantages, mask)
     eps_high = eps if eps_high is None else eps_high
     check_positive(eps=eps, eps_high=eps_high)
-    ratio = torch.exp(logp - old_logp)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - eps, 1 + eps_high) * advantages
     return masked_reduce(-torch.minimum(unclipped, clipped), m, reduction)
@@ -83,8 +82,7 @@ def clip_fraction(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     (Some libraries count |r - 1| > eps instead, which also counts tokens that moved the
     wrong way and still get a gradient.)
     """
-    advantages, m = _check_policy_inputs(logp, old_logp, advantages, mask)
-    ratio = torch.exp(logp - old_logp)
+    ratio, advantages, m = _policy_inputs(logp, old_logp, advantages, mask)
     eps_high = eps if eps_high is None else eps_high
     active = ((ratio > 1 + eps_high) & (advantages > 0)) | ((ratio < 1 - eps) & (advantages < 0))
     return masked_mean(active.float(), m)
@@ -138,11 +136,10 @@ def ppo_klpen_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
     >>> ppo_klpen_loss(torch.tensor([[-1.0]]), torch.tensor([[-1.0]]), torch.tensor([2.0]), torch.tensor([[0.5]]), beta=1.0)
     tensor(-1.5000)
     """
-    advantages, m = _check_policy_inputs(logp, old_logp, advantages, mask)
+    ratio, advantages, m = _policy_inputs(logp, old_logp, advantages, mask)
     check_same_shape(logp=logp, kl=kl)
     check_finite(kl=kl)
     check_positive(beta=beta)
-    ratio = torch.exp(logp - old_logp)
     return masked_reduce(-(ratio * advantages - beta * kl), m, reduction)
 
 
