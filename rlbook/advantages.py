@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rlbook.checks import check_finite, check_mask, check_unit_interval
+from rlbook.checks import check_choice, check_finite, check_mask, check_unit_interval
 from rlbook.masked import masked_whiten
 
 
@@ -107,8 +107,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std",
     >>> group_advantages(torch.tensor([1., 0., 0., 0., 1., 1.]), group_size=3, scale="none")
     tensor([ 0.6667, -0.3333, -0.3333, -0.6667,  0.3333,  0.3333])
     """
-    if scale not in ("std", "none"):
-        raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")
+    check_choice("scale", scale, ("std", "none"))
     g = _groups(rewards, group_size)
     centred = g - g.mean(dim=1, keepdim=True)
     if scale == "std":

@@ -61,6 +61,12 @@ def check_nonnegative(**values: float) -> None:
             raise ValueError(f"{name} must be >= 0, got {v}")
 
 
+def check_choice(name: str, value, options) -> None:
+    """Raise ValueError unless `value` is one of `options` (a tuple or the keys of a dict)."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+
+
 def check_unit_interval(**values: float) -> None:
     """Raise ValueError unless every given number lies in [0, 1]."""
     for name, v in values.items():

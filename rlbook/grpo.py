@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from rlbook.advantages import group_advantages
-from rlbook.checks import check_log_probs, check_mask, check_nonnegative, check_positive, check_same_shape
+from rlbook.checks import check_choice, check_log_probs, check_mask, check_nonnegative, check_positive, check_same_shape
 from rlbook.kl import ESTIMATORS, k3, kl_estimate, kl_penalised_rewards, sequence_kl
 from rlbook.masked import masked_mean
 from rlbook.ppo import approx_kl, clip_fraction, ppo_clip_loss
@@ -98,12 +98,9 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     >>> round(grpo_loss(logp, logp, None, A, mask, beta=0.0, aggregation="token").item(), 4)  # -(3 - 1) / 4
     -0.5
     """
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    if kl_estimator not in ESTIMATORS:
-        raise ValueError(f"kl_estimator must be one of {sorted(ESTIMATORS)}, got {kl_estimator!r}")
+    check_choice("reduction", reduction, ("mean", "none"))
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    check_choice("kl_estimator", kl_estimator, ESTIMATORS)
     check_nonnegative(beta=beta)
     m = check_mask(mask, logp, "logp")
     per_token = ppo_clip_loss(logp, old_logp, advantages, m, eps=eps, reduction="none", eps_high=eps_high)
@@ -163,16 +160,12 @@ class GRPOLoss:
             check_positive(eps_high=self.eps_high)
         if not self.beta >= 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
         if self.scale is None:
             self.scale = "none" if self.aggregation == "dr_grpo" else "std"
-        if self.scale not in ("std", "none"):
-            raise ValueError(f"scale must be 'std' or 'none', got {self.scale!r}")
-        if self.kl_estimator not in ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {sorted(ESTIMATORS)}, got {self.kl_estimator!r}")
-        if self.kl_in not in ("loss", "reward"):
-            raise ValueError(f"kl_in must be 'loss' or 'reward', got {self.kl_in!r}")
+        check_choice("scale", self.scale, ("std", "none"))
+        check_choice("kl_estimator", self.kl_estimator, ESTIMATORS)
+        check_choice("kl_in", self.kl_in, ("loss", "reward"))
 
     def prepare(self, rollout) -> dict:
         """Rewards (KL-penalised if kl_in="reward") and group advantages of a rollout, once."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .advantages import group_advantages
-from .checks import check_finite, check_log_probs, check_mask, check_nonnegative, check_same_shape
+from .checks import check_choice, check_finite, check_log_probs, check_mask, check_nonnegative, check_same_shape
 from .exact import TabularPolicy, cosine, flat_grad
 from .masked import masked_sum
 
@@ -102,8 +102,7 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3
     >>> kl_estimate(torch.tensor([-1.0]), torch.tensor([-2.0]), "k2")
     tensor([0.5000])
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    check_choice("estimator", estimator, ESTIMATORS)
     if ref_logp is None:
         raise ValueError("ref_logp is None: a KL estimate needs the reference policy's log-probs")
     return ESTIMATORS[estimator](logp, ref_logp)
@@ -146,8 +145,7 @@ def kl_penalty_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float, est
     tensor(0.5000)
     """
     check_nonnegative(beta=beta)
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    check_choice("reduction", reduction, ("mean", "none"))
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
     m = check_mask(mask, logp, "logp")
@@ -279,10 +277,8 @@ class KLPlacementLoss:
     """Penalty coefficient (0: no penalty)."""
 
     def __post_init__(self):
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {self.estimator!r}")
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        check_choice("estimator", self.estimator, ESTIMATORS)
+        check_choice("placement", self.placement, PLACEMENTS)
         check_nonnegative(beta=self.beta)
 
     def __call__(self, logp: torch.Tensor, rollout, logits: torch.Tensor | None = None):

@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 
 from rlbook.advantages import gae, per_token, whiten
-from rlbook.checks import (check_finite, check_log_probs, check_mask, check_nonnegative, check_positive,
-                           check_same_shape, check_unit_interval)
+from rlbook.checks import (check_choice, check_finite, check_log_probs, check_mask, check_nonnegative,
+                           check_positive, check_same_shape, check_unit_interval)
 from rlbook.kl import k3, kl_divergence, kl_penalty_rewards, sequence_kl
 from rlbook.lm import completion_logits
 from rlbook.masked import masked_mean, masked_reduce
@@ -256,8 +256,7 @@ class PPOLoss:
         check_unit_interval(gamma=self.gamma, lam=self.lam)
         check_positive(eps=self.eps)
         check_nonnegative(drift_beta=self.drift_beta, vf_coef=self.vf_coef)
-        if self.variant not in ("clip", "klpen"):
-            raise ValueError(f"variant must be 'clip' or 'klpen', got {self.variant!r}")
+        check_choice("variant", self.variant, ("clip", "klpen"))
         if self.variant == "klpen" and self.kl_controller is None:
             raise ValueError("variant='klpen' needs a kl_controller (AdaptiveKLController)")
 

@@ -316,6 +316,16 @@ class PreferencePairs:
     def __len__(self) -> int:
         return len(self.chosen)
 
+    def score(self, fn, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fn(chosen), fn(rejected)) over all pairs, `fn(Batch) -> [b]` applied in chunks of
+        `batch_size` rows: two `[N]` tensors."""
+        chosen, rejected = [], []
+        for start in range(0, len(self), batch_size):
+            rows = slice(start, start + batch_size)
+            chosen.append(fn(self.chosen.index(rows)))
+            rejected.append(fn(self.rejected.index(rows)))
+        return torch.cat(chosen), torch.cat(rejected)
+
 
 def sample_groups(world: World, model, tokenizer, n_prompts: int, group_size: int, seed: int = 0,
                   max_new_tokens: int | None = None, temperature: float = 1.0):

@@ -246,12 +246,7 @@ def sequence_logprobs(model, batch: Batch) -> torch.Tensor:
 @torch.no_grad()
 def pair_logprobs(model, pairs, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(log pi(y_w|x), log pi(y_l|x)) of every pair, summed over tokens: two `[N]` tensors."""
-    chosen, rejected = [], []
-    for start in range(0, len(pairs), batch_size):
-        rows = slice(start, start + batch_size)
-        chosen.append(sequence_logprobs(model, pairs.chosen.index(rows)))
-        rejected.append(sequence_logprobs(model, pairs.rejected.index(rows)))
-    return torch.cat(chosen), torch.cat(rejected)
+    return pairs.score(lambda batch: sequence_logprobs(model, batch), batch_size)
 
 
 @dataclass

@@ -147,9 +147,5 @@ def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tenso
 @torch.no_grad()
 def preference_accuracy(reward_model: PreTrainedModel, pairs, batch_size: int = 512) -> float:
     """Fraction of pairs whose chosen completion the reward model scores strictly higher."""
-    correct = 0
-    for start in range(0, len(pairs), batch_size):
-        rows = slice(start, start + batch_size)
-        correct += (reward_scores(reward_model, pairs.chosen.index(rows))
-                    > reward_scores(reward_model, pairs.rejected.index(rows))).sum().item()
-    return correct / len(pairs)
+    chosen, rejected = pairs.score(lambda batch: reward_scores(reward_model, batch), batch_size)
+    return (chosen > rejected).float().mean().item()

@@ -14,6 +14,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
+from rlbook.checks import check_choice
 from rlbook.exact import cosine
 from rlbook.kl import ESTIMATORS, PLACEMENTS, exact_kl_gradients, kl_divergence, kl_estimate
 
@@ -51,10 +52,8 @@ def per_sample_gradients(logits: torch.Tensor, ref_logits: torch.Tensor, outcome
 
     with grad log pi(x) = e_x - pi for a softmax. logits, ref_logits: `[V]`; outcomes: `[N]` indices.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("placement", placement, PLACEMENTS)
     if logits.dim() != 1 or logits.shape != ref_logits.shape:
         raise ValueError(f"logits and ref_logits must both be [V], got {tuple(logits.shape)} and {tuple(ref_logits.shape)}")
     if outcomes.dim() != 1 or outcomes.min() < 0 or outcomes.max() >= logits.shape[0]:
