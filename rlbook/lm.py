@@ -123,6 +123,16 @@ def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
     return ref
 
 
+def trainable_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A copy to train, whatever the original's state (e.g. a cached SFT model, loaded frozen):
+    every parameter requires grad, no gradient carried over, in eval mode (the loops switch)."""
+    policy = copy.deepcopy(model).eval()
+    for p in policy.parameters():
+        p.grad = None
+        p.requires_grad_(True)
+    return policy
+
+
 # transformers shows progress bars for writing and loading weights; for files this small they are noise
 
 def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path) -> None:
