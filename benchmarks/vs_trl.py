@@ -28,6 +28,8 @@ warm-up run of each, and the median over all kept steps is reported with its spr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -63,6 +65,7 @@ except ImportError:  # pragma: no cover - depends on the rlbook version
 BETA_GRPO, EPS, LR_RL = 0.04, 0.2, 3e-4
 BETA_DPO, LR_DPO, DPO_BATCH = 0.1, 1e-4, 64
 VARIANTS = ("rlbook", "floor", "trl_tuned", "trl_default")
+NATIVE_THREADS = torch.get_num_threads()  # torch's default before this script sets --threads
 
 
 # ====================================================================== models and data
@@ -308,11 +311,15 @@ class _TRL:
                        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
         return out
 
-    def _times(self, trainer) -> list[float]:
+    def _times(self, trainer, threads: int | None = None) -> list[float]:
         timer = self.StepTimer()
         trainer.add_callback(timer)
-        torch.set_num_threads(self.threads)  # the Trainer leaves torch's threads alone; make sure
-        trainer.train()
+        torch.set_num_threads(threads or self.threads)  # the Trainer leaves torch's threads alone
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its final metrics
+                trainer.train()
+        finally:
+            torch.set_num_threads(self.threads)
         b = timer.begins
         return [b[i + 1] - b[i] for i in range(len(b) - 1)]
 
@@ -342,8 +349,8 @@ class _TRL:
         return trl.GRPOTrainer(model=str(self.model_dir), reward_funcs=self._reward(), args=config,
                                train_dataset=dataset, processing_class=self.tok)
 
-    def grpo(self, tuned: bool, steps: int, prompts: int, group: int) -> list[float]:
-        return self._times(self.grpo_trainer(tuned, steps + 1, prompts, group))[:steps]
+    def grpo(self, tuned: bool, steps: int, prompts: int, group: int, threads: int | None = None) -> list[float]:
+        return self._times(self.grpo_trainer(tuned, steps + 1, prompts, group), threads)[:steps]
 
     # -- DPO -------------------------------------------------------------------------------------
 
@@ -367,8 +374,8 @@ class _TRL:
         config = trl.DPOConfig(**kw)
         return trl.DPOTrainer(model=str(self.model_dir), args=config, train_dataset=dataset, processing_class=self.tok)
 
-    def dpo(self, tuned: bool, steps: int, dataset) -> list[float]:
-        return self._times(self.dpo_trainer(tuned, steps + 1, dataset))[:steps]
+    def dpo(self, tuned: bool, steps: int, dataset, threads: int | None = None) -> list[float]:
+        return self._times(self.dpo_trainer(tuned, steps + 1, dataset), threads)[:steps]
 
 
 # ====================================================================== loss agreement
@@ -553,6 +560,10 @@ def main_benchmark(args):
             for tuned, name in ((True, "trl_tuned"), (False, "trl_default")):
                 grpo_runners[name] = (lambda n, t=tuned: bench.grpo(t, n, P, G))
                 dpo_runners[name] = (lambda n, t=tuned: bench.dpo(t, n, dataset))
+            if args.native_threads:  # TRL defaults with torch's own default thread count (what a user gets)
+                native = NATIVE_THREADS
+                grpo_runners[f"trl_default_{native}t"] = lambda n: bench.grpo(False, n, P, G, threads=native)
+                dpo_runners[f"trl_default_{native}t"] = lambda n: bench.dpo(False, n, dataset, threads=native)
             for label, fn in (("grpo", lambda: check_grpo_loss(bench, model, tok, world)),
                               ("dpo", lambda: check_dpo_loss(bench, model, pairs))):
                 try:
@@ -570,7 +581,7 @@ def main_benchmark(args):
             failed_all[label] = failed
             print_table(f"{label.upper()}: one optimizer step (wall ms; median over "
                         f"{args.repeats} runs x {steps} steps)", stats, failed)
-            for k in VARIANTS:
+            for k in [*VARIANTS, *(n for n in stats if n not in VARIANTS)]:
                 results[label][f"{k}_s"] = (round(stats[k]["median"], 5)
                                             if k in stats and stats[k].get("median") is not None else None)
         results["dpo"]["rlbook_ref_pass_s"] = round(ref_pass_seconds(ref, pairs), 5)
@@ -638,6 +649,8 @@ def main(argv=None):
     ap.add_argument("--d-model", type=int, default=128, help="width of the tiny GPT-2 (128: ~0.4M parameters)")
     ap.add_argument("--sft-steps", type=int, default=140, help="SFT steps of the starting model (chapter 07's)")
     ap.add_argument("--no-trl", action="store_true", help="rlbook vs the floor only (no TRL needed)")
+    ap.add_argument("--native-threads", action="store_true",
+                    help="also time TRL defaults at torch's default thread count (slow on 2 shared cores)")
     ap.add_argument("--quick", action="store_true", help="tiny repeats: a smoke test in seconds")
     ap.add_argument("--scaling", action="store_true", help="rlbook vs floor as batch and width grow")
     args = ap.parse_args(argv)
