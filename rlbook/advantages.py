@@ -146,3 +146,23 @@ def per_token(advantages: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
         return advantages.expand_as(logp)
     raise ValueError(f"advantages has shape {tuple(advantages.shape)}; expected [B], [B, 1] or "
                      f"{list(logp.shape)} to match logp")
+
+
+def last_token_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sequence rewards `[B]` placed on each row's last completion token (its EOS when the
+    answer finished): `[B, T]`, 0 elsewhere. The return from any token is then the score.
+
+    >>> last_token_rewards(torch.tensor([2.0, 3.0]), torch.tensor([[1, 1, 0], [1, 1, 1]]))
+    tensor([[0., 2., 0.],
+            [0., 0., 3.]])
+    """
+    if mask.dim() != 2 or scores.shape != (mask.shape[0],):
+        raise ValueError(f"scores must be [B] and mask [B, T] with the same B, got {tuple(scores.shape)} "
+                         f"and {tuple(mask.shape)}")
+    check_finite(scores=scores)
+    m = check_mask(mask, mask.float(), "mask")
+    if (m.sum(1) == 0).any():
+        raise ValueError("mask has a row with no completion token: there is no last token to reward")
+    # the last unmasked position of each row: where the running count reaches the row's total
+    last = (m.cumsum(1) == m.sum(1, keepdim=True)) & m.bool()
+    return last.to(scores.dtype if scores.is_floating_point() else torch.float32) * scores.unsqueeze(1)

@@ -1,12 +1,35 @@
-"""Input checks shared by every loss: a wrong shape or a NaN fails loudly, naming the argument."""
+"""Input checks shared by every loss: a wrong shape or a NaN fails loudly, naming the argument.
+
+Shape checks cost nothing; value checks (NaN/inf, the sign of log-probs, a mask's 0/1) reduce
+over whole tensors. A loop that validated its tensors once can run many loss calls inside
+`values_validated()`, where the value checks are skipped and the shape checks still run.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+
+_skip_value_checks = False
+
+
+@contextmanager
+def values_validated():
+    """Inside, `check_finite`, `check_log_probs` and the 0/1 test of `check_mask` are skipped:
+    for a training loop whose inputs were checked once per round (`train.on_policy`)."""
+    global _skip_value_checks
+    before, _skip_value_checks = _skip_value_checks, True
+    try:
+        yield
+    finally:
+        _skip_value_checks = before
 
 
 def check_finite(**tensors: torch.Tensor | None) -> None:
     """Raise ValueError if any given tensor holds NaN or +-inf."""
+    if _skip_value_checks:
+        return
     for name, x in tensors.items():
         if x is not None and x.is_floating_point() and not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf")
@@ -26,8 +49,11 @@ def check_same_shape(**tensors: torch.Tensor | None) -> None:
 
 
 def check_log_probs(**tensors: torch.Tensor | None) -> None:
-    """Log-probabilities are finite and <= 0; probabilities passed by mistake are caught
-    when every entry lies in (0, 1] (a log-prob is never positive, a probability never is)."""
+    """Log-probabilities are finite and <= 0 (up to 1e-6 of rounding): any larger entry is an
+    error, which catches probabilities and logits passed by mistake (a log-prob is never
+    positive; a probability always is, and logits usually are somewhere)."""
+    if _skip_value_checks:
+        return
     check_finite(**tensors)
     for name, x in tensors.items():
         if x is None:
@@ -42,7 +68,7 @@ def check_mask(mask: torch.Tensor | None, like: torch.Tensor, like_name: str = "
         return torch.ones_like(like, dtype=torch.float32 if not like.is_floating_point() else like.dtype)
     if mask.shape != like.shape:
         raise ValueError(f"mask has shape {tuple(mask.shape)} but {like_name} has shape {tuple(like.shape)}")
-    if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+    if not _skip_value_checks and mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
         raise ValueError("mask must hold only 0 and 1 (or be a bool tensor)")
     return mask.to(like.dtype if like.is_floating_point() else torch.float32)
 
@@ -64,7 +90,7 @@ def check_nonnegative(**values: float) -> None:
 def check_choice(name: str, value, options) -> None:
     """Raise ValueError unless `value` is one of `options` (a tuple or the keys of a dict)."""
     if value not in options:
-        raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {sorted(options, key=str)}, got {value!r}")
 
 
 def check_unit_interval(**values: float) -> None:

@@ -62,3 +62,12 @@ def setup(seed: int = 0, threads: int | None = None, verbose: bool = True) -> to
               f"transformers {transformers.__version__} | rlbook {rlbook.__version__}")
         print(f"device {device} | threads {torch.get_num_threads()} | seed {seed}")
     return device
+
+
+def fork_rng(device: torch.device | str):
+    """A context in which torch's CPU generator and `device`'s are forked: random numbers
+    drawn inside leave the caller's streams as they were, on the CPU and on the accelerator."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)

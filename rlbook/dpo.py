@@ -89,10 +89,11 @@ def implied_reward(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float,
 
     Without `log_z` this is DPO's implied reward r_hat = beta log pi/pi_ref, the true
     reward up to beta log Z(x), a constant per prompt that nobody can compute for a
-    language model. With the log Z of `optimal_policy` (broadcast over the last dim of
-    a bandit) and pi = pi*, it returns r exactly.
+    language model. With the log Z of `optimal_policy` and pi = pi*, it returns r exactly.
 
-    logp, ref_logp: any shape, e.g. `[B]` summed sequence log-probs or `[..., K]`.
+    logp, ref_logp: any shape, e.g. `[B]` summed sequence log-probs or `[..., K]` (a bandit's
+    K answers per prompt). log_z: a number, one per entry (logp's shape), or one per prompt
+    (logp's shape without the last dim, broadcast over the K answers); any other shape is an error.
 
     >>> implied_reward(torch.tensor([-1.0]), torch.tensor([-2.0]), beta=0.1)
     tensor([0.1000])
@@ -105,7 +106,12 @@ def implied_reward(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float,
         return r_hat
     log_z = torch.as_tensor(log_z, dtype=r_hat.dtype, device=r_hat.device)
     check_finite(log_z=log_z)
-    return r_hat + beta * (log_z.unsqueeze(-1) if log_z.dim() > 0 else log_z)
+    if log_z.dim() == 0 or log_z.shape == r_hat.shape:
+        return r_hat + beta * log_z
+    if log_z.shape == r_hat.shape[:-1]:
+        return r_hat + beta * log_z.unsqueeze(-1)
+    raise ValueError(f"log_z has shape {tuple(log_z.shape)}; expected a number, {tuple(r_hat.shape)} (logp's "
+                     f"shape) or {tuple(r_hat.shape[:-1])} (one per prompt)")
 
 
 # ---------------------------------------------------------------- Step 4

@@ -16,21 +16,16 @@ the loss is sum_it w_it l_it with weights w from the aggregation (`aggregation_w
     "dr_grpo"  1/(B * L)          token sum over a constant L (Dr. GRPO; L = the generation budget)
 
 Per-token tensors are `[B, T]` with a `mask` (1 = completion token); rows are laid out group
-after group. `GRPOLoss` is the whole algorithm as a loss for `train.on_policy`.
+after group. `algorithms.GRPO` is the whole algorithm for `train.on_policy`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 
-from rlbook.advantages import group_advantages
-from rlbook.checks import check_choice, check_log_probs, check_mask, check_nonnegative, check_positive, check_same_shape
-from rlbook.kl import ESTIMATORS, k3, kl_estimate, kl_penalised_rewards, sequence_kl
-from rlbook.masked import masked_mean
-from rlbook.ppo import approx_kl, clip_fraction, ppo_clip_loss
+from rlbook.checks import check_choice, check_log_probs, check_mask, check_nonnegative, check_same_shape
+from rlbook.kl import ESTIMATORS, kl_estimate
+from rlbook.ppo import ppo_clip_loss
 
 AGGREGATIONS = ("grpo", "token", "dr_grpo")
 
@@ -114,90 +109,3 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     if reduction == "none":
         return per_token
     return (aggregation_weights(m, aggregation, max_length) * per_token).sum()
-
-
-# ---------------------------------------------------------------- the full GRPO loss for train.on_policy
-
-@dataclass
-class GRPOLoss:
-    """GRPO as `train.on_policy`'s loss_fn, with G = config.group_size samples per prompt:
-    `on_policy(policy, tok, world, loss_fn=GRPOLoss(), config, ref=ref)` (ref may be None
-    when beta = 0: then only the policy is in memory).
-
-    Once per rollout (the first inner step that sees it):
-      R'  = R                                             kl_in="loss"
-          = R - beta * sum_t k1(old_logp, ref_logp)        kl_in="reward" (`kl_penalised_rewards`)
-      A   = group_advantages(R', G, scale)                 no critic
-    Every inner step on the same samples (old log-probs kept, so the ratio leaves 1):
-      loss = grpo_loss(logp, old_logp, ref_logp, A, mask, eps, beta (0 if kl_in="reward"), ...)
-    """
-
-    beta: float = 0.04
-    """Drift-KL coefficient (0: no reference model needed)."""
-    eps: float = 0.2
-    """Lower clip of the ratio (and upper, unless eps_high is set)."""
-    eps_high: float | None = None
-    """Upper clip (DAPO's clip-higher uses 0.28 with eps = 0.2); None: = eps."""
-    aggregation: str = "grpo"
-    """"grpo", "token" (DAPO) or "dr_grpo": see `aggregation_weights`."""
-    scale: str | None = None
-    """Advantage scaling: "std" (GRPO) or "none" (Dr. GRPO); None: "none" for aggregation
-    "dr_grpo", else "std"."""
-    kl_estimator: str = "k3"
-    """Estimator of the per-token KL in the loss: "k1", "k2" or "k3" (GRPO's)."""
-    kl_in: str = "loss"
-    """"loss" (GRPO: beta * k3 differentiated) or "reward" (beta * sum k1 subtracted from R)."""
-    max_length: int | None = None
-    """Dr. GRPO's constant L (None: the width of each batch's completions, which changes when no
-    answer uses the whole budget; pass the world's max_new_tokens for a true constant)."""
-    rollout_metrics: Callable | None = None
-    """Optional rollout -> {name: number}, logged once per round."""
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    def __post_init__(self):
-        check_positive(eps=self.eps)
-        if self.eps_high is not None:
-            check_positive(eps_high=self.eps_high)
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        if self.scale is None:
-            self.scale = "none" if self.aggregation == "dr_grpo" else "std"
-        check_choice("scale", self.scale, ("std", "none"))
-        check_choice("kl_estimator", self.kl_estimator, ESTIMATORS)
-        check_choice("kl_in", self.kl_in, ("loss", "reward"))
-
-    def prepare(self, rollout) -> dict:
-        """Rewards (KL-penalised if kl_in="reward") and group advantages of a rollout, once."""
-        if self._cache.get("rollout") is rollout:
-            return self._cache
-        if self.beta > 0 and rollout.ref_logp is None:
-            raise ValueError("beta > 0 needs a reference model: run on_policy(..., ref=ref_model)")
-        mask, rewards = rollout.mask, rollout.rewards
-        with torch.no_grad():
-            if self.kl_in == "reward" and self.beta > 0:
-                rewards = kl_penalised_rewards(rewards, rollout.old_logp, rollout.ref_logp, self.beta, mask)
-            advantages = group_advantages(rewards, rollout.group_size, self.scale)
-        groups = rollout.rewards.view(-1, rollout.group_size)
-        metrics = {"zero_adv_groups": (groups == groups[:, :1]).all(1).float().mean().item()}
-        if rollout.ref_logp is not None:
-            metrics["drift_kl"] = sequence_kl(rollout.old_logp, rollout.ref_logp, mask).item()
-        if self.rollout_metrics is not None:
-            metrics.update({k: float(v) for k, v in self.rollout_metrics(rollout).items()})
-        self._cache = dict(rollout=rollout, advantages=advantages, metrics=metrics)
-        return self._cache
-
-    def __call__(self, logp: torch.Tensor, rollout, logits: torch.Tensor | None = None):
-        c = self.prepare(rollout)
-        mask, old_logp, adv = rollout.mask, rollout.old_logp, c["advantages"]
-        beta = self.beta if self.kl_in == "loss" else 0.0
-        loss = grpo_loss(logp, old_logp, rollout.ref_logp, adv, mask, eps=self.eps, beta=beta,
-                         kl_estimator=self.kl_estimator, aggregation=self.aggregation, eps_high=self.eps_high,
-                         max_length=self.max_length)
-        metrics = dict(c["metrics"])
-        metrics.update(policy_loss=loss.item(),
-                       clip_frac=clip_fraction(logp.detach(), old_logp, adv, mask, self.eps, self.eps_high).item(),
-                       approx_kl=approx_kl(logp, old_logp, mask).item())
-        if rollout.ref_logp is not None:
-            metrics["k3_per_token"] = masked_mean(k3(logp.detach(), rollout.ref_logp), mask).item()
-        return loss, metrics

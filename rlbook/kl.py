@@ -16,20 +16,21 @@ An estimate enters training in one of two placements: in the reward (`kl_penalty
 the value, detached, is subtracted from the per-token reward) or in the loss (`kl_penalty_loss`:
 a differentiable term). `exact_kl_gradients` gives, by enumeration, the expected gradient of
 every estimator x placement next to the true gradients of KL(pi||ref) and KL(ref||pi), for a
-categorical policy or an `exact.TabularPolicy` over sequences; `KLPlacementLoss` trains a tiny
-LM with either placement through `train.on_policy`.
+categorical policy or an `exact.TabularPolicy` over sequences; `algorithms.KLPlacement` trains a
+tiny LM with either placement through `train.on_policy`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .advantages import group_advantages
-from .checks import check_choice, check_finite, check_log_probs, check_mask, check_nonnegative, check_same_shape
-from .exact import TabularPolicy, cosine, flat_grad
-from .masked import masked_sum
+from rlbook.checks import check_choice, check_finite, check_log_probs, check_mask, check_nonnegative, check_same_shape
+from rlbook.exact import TabularPolicy, cosine, flat_grad
+from rlbook.masked import masked_sum
+
+MAX_LOG_RATIO = 20.0
+"""Cap on a log-ratio before exp (e^20 = 4.9e8): float32's exp overflows past ~88, and one
+inf turns a whole gradient into NaN. Ratios this far from 1 mean the update has already failed."""
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -80,13 +81,15 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 = (r - 1) - log r with r = pi_ref(a|s) / pi_theta(a|s), per sample; any shape.
 
     expm1 keeps it accurate near r = 1 (where it is ~ (log r)^2 / 2) and >= 0 everywhere.
+    log r is capped at `MAX_LOG_RATIO` (exact below it): past the cap k3 stays finite and
+    passes no gradient, where exp would overflow float32 and make the gradient NaN.
 
     >>> k3(torch.tensor([-1.0]), torch.tensor([-1.0]))
     tensor([0.])
     >>> round(k3(torch.tensor([-1.0]), torch.tensor([-2.0])).item(), 4)  # e^-1 - 1 + 1
     0.3679
     """
-    log_r = _log_ratio(logp, ref_logp)
+    log_r = _log_ratio(logp, ref_logp).clamp(max=MAX_LOG_RATIO)
     return torch.expm1(log_r) - log_r
 
 
@@ -109,7 +112,7 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3
 
 
 def kl_penalty_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, beta: float,
-                       estimator: str = "k1", mask: torch.Tensor | None = None) -> torch.Tensor:
+                       mask: torch.Tensor | None = None, estimator: str = "k1") -> torch.Tensor:
     """The drift penalty **in the reward**: r_t - beta * k(a_t), the estimate's *value* detached.
 
         r'_t = r_t - beta * stopgrad(k(log pi(a_t|s_t), log pi_ref(a_t|s_t)))
@@ -129,8 +132,8 @@ def kl_penalty_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torc
     return torch.where(m.bool(), shaped, torch.zeros_like(shaped))
 
 
-def kl_penalty_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float, estimator: str = "k3",
-                    mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+def kl_penalty_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float, mask: torch.Tensor | None = None,
+                    estimator: str = "k3", reduction: str = "mean") -> torch.Tensor:
     """The drift penalty **in the loss** (GRPO's placement): a differentiable term to add to the loss,
 
         beta * sum_t k(log pi_theta(a_t|s_t), log pi_ref(a_t|s_t))     per sequence,
@@ -184,7 +187,7 @@ def kl_penalised_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: to
     if beta == 0:
         return rewards.detach()
     check_log_probs(logp=logp, ref_logp=ref_logp)
-    penalties = kl_penalty_rewards(torch.zeros_like(logp), logp, ref_logp, beta, estimator, mask)
+    penalties = kl_penalty_rewards(torch.zeros_like(logp), logp, ref_logp, beta, mask, estimator)
     return (rewards + masked_sum(penalties, mask, dim=1)).detach()
 
 
@@ -250,50 +253,3 @@ def gradient_table(policy, ref) -> list[dict]:
                              cos_forward=float("nan") if zero else cosine(v, fwd),
                              rel_error_reverse=((v - rev).norm() / rev.norm()).item()))
     return rows
-
-
-# ---------------------------------------------------------------- a policy-gradient loss with either placement
-
-@dataclass
-class KLPlacementLoss:
-    """REINFORCE with a drift-KL penalty placed in the reward or in the loss, as `train.on_policy`'s
-    loss_fn (run it with `with_logits=True` to log the exact KL). Per sequence i of a group:
-
-        placement="reward":  R'_i = R_i - beta * sum_t stopgrad(k_it)           (kl_penalised_rewards)
-                             loss = -mean_i A_i sum_t log pi(a_it|s_it)
-        placement="loss":    R'_i = R_i
-                             loss = -mean_i A_i sum_t log pi(a_it|s_it) + beta * mean_i sum_t k_it   (kl_penalty_loss)
-
-    with A_i = R'_i - mean of its group (a group-mean baseline, `advantages.group_advantages`
-    with scale="none"). Logs "exact_kl": mean over sequences of sum_t KL[pi(.|s_t) || pi_ref(.|s_t)]
-    from the full next-token distributions (an unbiased estimate of the sequence-level KL).
-    """
-
-    estimator: str = "k1"
-    """"k1", "k2" or "k3"."""
-    placement: str = "reward"
-    """"reward" (value detached, subtracted from the reward) or "loss" (differentiated)."""
-    beta: float = 0.1
-    """Penalty coefficient (0: no penalty)."""
-
-    def __post_init__(self):
-        check_choice("estimator", self.estimator, ESTIMATORS)
-        check_choice("placement", self.placement, PLACEMENTS)
-        check_nonnegative(beta=self.beta)
-
-    def __call__(self, logp: torch.Tensor, rollout, logits: torch.Tensor | None = None):
-        mask = rollout.mask
-        beta_in_reward = self.beta if self.placement == "reward" else 0.0
-        returns = kl_penalised_rewards(rollout.rewards, rollout.old_logp, rollout.ref_logp, beta_in_reward, mask,
-                                       self.estimator)
-        advantages = group_advantages(returns, rollout.group_size, scale="none")
-        loss = -(advantages.detach() * masked_sum(logp, mask, dim=1)).mean()
-        if self.placement == "loss" and self.beta > 0:
-            loss = loss + kl_penalty_loss(logp, rollout.ref_logp, self.beta, self.estimator, mask)
-        metrics = {}
-        if rollout.ref_logp is not None:
-            metrics["k1_kl"] = sequence_kl(rollout.old_logp, rollout.ref_logp, mask).item()
-        if logits is not None and rollout.ref_logits is not None:
-            per_state = kl_divergence(logits.detach().float(), rollout.ref_logits.float())
-            metrics["exact_kl"] = masked_sum(per_state, mask, dim=1).mean().item()
-        return loss, metrics

@@ -17,13 +17,10 @@ The weights Phi_t (`[B, T]`, from per-token rewards `[B, T]`): `total_reward` (R
 Phi_t = R(tau)), rewards-to-go (`advantages.discounted_returns`), and baselines subtracted
 from either: `mean_baseline` (the batch or group mean) and `leave_one_out_baseline` (RLOO).
 `weights` picks among them by name; `reinforce_loss` turns weights into a loss and
-`REINFORCELoss` plugs the whole thing into `train.on_policy`.
+`algorithms.REINFORCE` plugs the whole thing into `train.on_policy`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -31,7 +28,6 @@ from rlbook.advantages import discounted_returns, per_token
 from rlbook.checks import check_finite, check_log_probs, check_mask
 from rlbook.exact import TabularPolicy, flat_grad, token_score_gradients
 from rlbook.masked import masked_reduce, masked_sum
-from rlbook.ppo import shaped_rewards
 
 # ---------------------------------------------------------------- the derivation, exactly
 
@@ -238,57 +234,3 @@ def weights(rewards: torch.Tensor, kind: str = "total", baseline: str | None = N
     if kind == "total":
         phi = phi * m
     return phi
-
-
-# ---------------------------------------------------------------- REINFORCE for train.on_policy
-
-
-@dataclass
-class REINFORCELoss:
-    """REINFORCE as `train.on_policy`'s loss_fn: `on_policy(policy, tok, world, REINFORCELoss(...))`.
-
-    Per round: per-token rewards r `[B, T]` (`token_rewards(rollout)`, or the sequence reward
-    at the last token), weights Phi = `weights(r, kind, baseline, group_size=G)`, and the loss
-    `reinforce_loss(logp, Phi, mask, reduction)`: one gradient step on -1/N sum_i sum_t Phi_it
-    log pi(a_it | s_it) with the default reduction "sequence". Logs "phi_std" (the spread of
-    the weights over tokens) and "phi_mean".
-    """
-
-    kind: str = "total"
-    """"total" (Phi_t = R) or "rewards_to_go" (Phi_t = sum_{k >= t} r_k)."""
-    baseline: str | None = None
-    """None, "mean" (batch), "group_mean" (per prompt) or "rloo" (leave-one-out per prompt)."""
-    gamma: float = 1.0
-    """Discount of the rewards-to-go."""
-    token_rewards: Callable | None = None
-    """rollout -> per-token rewards `[B, T]`; None: rollout.rewards at each row's last token."""
-    reduction: str = "sequence"
-    """How `reinforce_loss` reduces (see there); "sequence" is the seed's estimator."""
-
-    def __post_init__(self):
-        if self.kind not in WEIGHTS:
-            raise ValueError(f"kind must be one of {WEIGHTS}, got {self.kind!r}")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
-        if self.reduction not in ("mean", "sum", "sequence"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'sequence', got {self.reduction!r}")
-
-    def rewards(self, rollout) -> torch.Tensor:
-        """Per-token rewards `[B, T]` of a rollout."""
-        if self.token_rewards is not None:
-            r = self.token_rewards(rollout)
-            if r.shape != rollout.mask.shape:
-                raise ValueError(f"token_rewards returned shape {tuple(r.shape)}; expected {tuple(rollout.mask.shape)}")
-            return r.to(rollout.old_logp.dtype)
-        return shaped_rewards(rollout.rewards, rollout.old_logp, None, 0.0, rollout.mask)
-
-    def phi(self, rollout) -> torch.Tensor:
-        """The weights Phi_t `[B, T]` of a rollout."""
-        return weights(self.rewards(rollout), self.kind, self.baseline, rollout.mask, rollout.group_size, self.gamma)
-
-    def __call__(self, logp: torch.Tensor, rollout):
-        with torch.no_grad():
-            phi = self.phi(rollout)
-        loss = reinforce_loss(logp, phi, rollout.mask, self.reduction)
-        m = rollout.mask.bool()
-        return loss, {"phi_mean": phi[m].mean().item(), "phi_std": phi[m].std().item() if m.sum() > 1 else 0.0}

@@ -7,38 +7,36 @@ log pi_theta(a_t | s_t) (with grad), `old_logp` the same tokens under pi_old, th
 sampled them. `advantages` are `[B]` (broadcast over tokens) or `[B, T]`. The losses are the
 negated objectives (we minimise), averaged over all unmasked tokens.
 
-`PPOLoss` puts the pieces together for `train.on_policy`: shaped rewards, the critic's
-values, GAE, the policy loss and the clipped value loss.
+`algorithms.PPO` puts the pieces together for `train.on_policy`: shaped rewards, the
+critic's values, GAE, the policy loss and the clipped value loss.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 
-from rlbook.advantages import gae, per_token, whiten
-from rlbook.checks import (check_choice, check_finite, check_log_probs, check_mask, check_nonnegative,
-                           check_positive, check_same_shape, check_unit_interval)
-from rlbook.kl import k3, kl_divergence, kl_penalty_rewards, sequence_kl
-from rlbook.lm import completion_logits
+from rlbook.advantages import last_token_rewards, per_token
+from rlbook.checks import (check_finite, check_log_probs, check_mask, check_nonnegative, check_positive,
+                           check_same_shape)
+from rlbook.kl import MAX_LOG_RATIO, k3, kl_divergence, kl_penalty_rewards
 from rlbook.masked import masked_mean, masked_reduce
-from rlbook.value import explained_variance, value_loss, values
 
 
 def probability_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
     """r_t(theta) = pi_theta(a_t | s_t) / pi_old(a_t | s_t) = exp(logp - old_logp), per token.
 
     Computed from log-probs, so a token whose probability underflows in float32 still has a
-    ratio. Masked positions (logp = old_logp = 0) give 1.
+    ratio. Masked positions (logp = old_logp = 0) give 1. The log-ratio is capped at
+    `kl.MAX_LOG_RATIO` (20: r <= 4.9e8) so that exp cannot overflow float32 (at ~88) and turn
+    the gradient into NaN; past the cap a token passes no gradient through r, and at such a
+    ratio the clipped objective gives it none anyway.
 
     >>> probability_ratio(torch.log(torch.tensor([0.3])), torch.log(torch.tensor([0.2])))
     tensor([1.5000])
     """
     check_same_shape(logp=logp, old_logp=old_logp)
     check_log_probs(logp=logp, old_logp=old_logp)
-    return torch.exp(logp - old_logp)
+    return torch.exp((logp - old_logp).clamp(max=MAX_LOG_RATIO))
 
 
 def _policy_inputs(logp, old_logp, advantages, mask):
@@ -198,120 +196,10 @@ def shaped_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Ten
         raise ValueError(f"scores must be [B] with B = {logp.shape[0]} (logp's rows), got shape {tuple(scores.shape)}")
     check_finite(scores=scores, logp=logp)
     m = check_mask(mask, logp, "logp")
-    if (m.sum(1) == 0).any():
-        raise ValueError("mask has a row with no completion token: there is no last token to reward")
-    # the last unmasked position of each row: where the running count reaches the row's total
-    last = (m.cumsum(1) == m.sum(1, keepdim=True)) & m.bool()
-    rewards = last.to(logp.dtype) * scores.to(logp.dtype).unsqueeze(1)
+    rewards = last_token_rewards(scores, m).to(logp.dtype)
     if beta > 0:
         if ref_logp is None:
             raise ValueError("ref_logp is None but beta > 0: the drift penalty needs pi_ref's log-probs")
         check_same_shape(logp=logp, ref_logp=ref_logp)
-        rewards = kl_penalty_rewards(rewards, logp, ref_logp, beta, estimator, m)
+        rewards = kl_penalty_rewards(rewards, logp, ref_logp, beta, m, estimator)
     return torch.where(m.bool(), rewards, torch.zeros_like(rewards))
-
-
-# ---------------------------------------------------------------- the full PPO loss for train.on_policy
-
-@dataclass
-class PPOLoss:
-    """PPO for language models as `train.on_policy`'s loss_fn: call it as
-    `on_policy(policy, tok, world, loss_fn=ppo_loss, ref=ref, extra_params=critic.parameters(),
-    with_logits=True, callback=ppo_loss.end_of_round, ...)`.
-
-    Once per rollout (the first inner step that sees it):
-      rewards_t  = shaped_rewards(R, old_logp, ref_logp, drift_beta)   R = rollout.rewards (the reward model)
-      V_old      = values(critic, batch)                                the critic before this round
-      A, returns = gae(rewards, V_old, gamma, lam); A whitened over the batch's tokens
-    Every inner step (PPO epoch) on the same samples:
-      loss = ppo_clip_loss (variant="clip") or ppo_klpen_loss with the exact trust-region KL
-             (variant="klpen")  +  vf_coef * value_loss(values(critic), V_old, returns, value_clip)
-
-    `end_of_round` (the callback) measures the exact KL(pi_old || pi_theta) that the round's
-    updates produced and, for "klpen", feeds it to the AdaptiveKLController.
-    """
-
-    critic: torch.nn.Module
-    variant: str = "clip"
-    """"clip" (PPO-CLIP) or "klpen" (PPO-KLPEN)."""
-    eps: float = 0.2
-    """Clip range of the ratio (PPO-CLIP)."""
-    kl_controller: AdaptiveKLController | None = None
-    """beta and target of PPO-KLPEN's trust-region penalty (required for "klpen")."""
-    drift_beta: float = 0.1
-    """Coefficient of the drift-KL penalty log(pi/pi_ref) in the per-token reward (0 = none)."""
-    gamma: float = 1.0
-    """Discount (1: an episode is one short completion)."""
-    lam: float = 0.95
-    """GAE lambda."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    value_clip: float | None = 0.2
-    """Clip range of the value update (None: plain squared error)."""
-    rollout_metrics: Callable | None = None
-    """Optional rollout -> {name: number}, logged once per round (e.g. a world's grammaticality)."""
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    def __post_init__(self):
-        check_unit_interval(gamma=self.gamma, lam=self.lam)
-        check_positive(eps=self.eps)
-        check_nonnegative(drift_beta=self.drift_beta, vf_coef=self.vf_coef)
-        check_choice("variant", self.variant, ("clip", "klpen"))
-        if self.variant == "klpen" and self.kl_controller is None:
-            raise ValueError("variant='klpen' needs a kl_controller (AdaptiveKLController)")
-
-    def prepare(self, rollout) -> dict:
-        """Rewards, old values, advantages and returns of a rollout (computed once, no grad)."""
-        if self._cache.get("rollout") is rollout:
-            return self._cache
-        mask = rollout.mask
-        with torch.no_grad():
-            rewards = shaped_rewards(rollout.rewards, rollout.old_logp, rollout.ref_logp, self.drift_beta, mask)
-            old_values = values(self.critic, rollout.batch)
-            advantages, returns = gae(rewards, old_values, self.gamma, self.lam, mask)
-            advantages = whiten(advantages, mask)
-        metrics = {}
-        if rollout.ref_logp is not None:
-            metrics["drift_kl"] = sequence_kl(rollout.old_logp, rollout.ref_logp, mask).item()
-        if self.rollout_metrics is not None:
-            metrics.update({k: float(v) for k, v in self.rollout_metrics(rollout).items()})
-        self._cache = dict(rollout=rollout, old_values=old_values, advantages=advantages, returns=returns,
-                           metrics=metrics)
-        return self._cache
-
-    def __call__(self, logp: torch.Tensor, rollout, logits: torch.Tensor | None = None):
-        c = self.prepare(rollout)
-        mask, old_logp, adv = rollout.mask, rollout.old_logp, c["advantages"]
-        metrics = dict(c["metrics"])
-        if self.variant == "clip":
-            policy_loss = ppo_clip_loss(logp, old_logp, adv, mask, eps=self.eps)
-        else:
-            if logits is None or rollout.old_logits is None:
-                raise ValueError("PPO-KLPEN needs the full next-token logits: run on_policy(..., with_logits=True)")
-            kl = trust_region_kl(rollout.old_logits, logits, mask)
-            policy_loss = ppo_klpen_loss(logp, old_logp, adv, kl, self.kl_controller.beta, mask)
-            metrics["trust_region_kl"] = masked_mean(kl.detach(), mask).item()
-        new_values = values(self.critic, rollout.batch)
-        v_loss = value_loss(new_values, c["old_values"], c["returns"], mask, clip_eps=self.value_clip)
-        metrics.update(policy_loss=policy_loss.item(), value_loss=v_loss.item(),
-                       clip_frac=clip_fraction(logp.detach(), old_logp, adv, mask, self.eps).item(),
-                       approx_kl=approx_kl(logp, old_logp, mask).item(),
-                       explained_variance=explained_variance(c["old_values"], c["returns"], mask))
-        return policy_loss + self.vf_coef * v_loss, metrics
-
-    @torch.no_grad()
-    def end_of_round(self, iteration: int, policy, history: dict) -> None:
-        """Callback for `on_policy`: log the exact KL(pi_old || pi_theta) of the round just
-        finished ("kl_old_new") and, for PPO-KLPEN, update and log beta ("beta")."""
-        rollout = self._cache.get("rollout")
-        if rollout is None:
-            return
-        old_logits = rollout.old_logits
-        if old_logits is None:
-            return
-        kl = masked_mean(trust_region_kl(old_logits, completion_logits(policy, rollout.batch), rollout.mask),
-                         rollout.mask).item()
-        history.setdefault("kl_old_new", []).append(kl)
-        if self.kl_controller is not None:
-            history.setdefault("beta", []).append(self.kl_controller.beta)  # the beta this round used
-            self.kl_controller.update(kl)

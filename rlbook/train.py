@@ -10,6 +10,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from rlbook.algorithms import Algorithm, Rollout
+from rlbook.checks import check_finite, check_nonnegative, check_positive, values_validated
+from rlbook.device import fork_rng
 from rlbook.dpo import dpo_loss
 from rlbook.lm import Batch, completion_logprobs, concat_batches, frozen_copy, make_batch
 from rlbook.masked import masked_mean, masked_sum
@@ -57,6 +60,13 @@ def sft(model, tokenizer, examples: Sequence[tuple], steps: int, batch_size: int
 
 
 # ---------------------------------------------------------------- on-policy RL
+def _check_counts(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 
 @dataclass
 class RLConfig:
@@ -79,85 +89,94 @@ class RLConfig:
     seed: int = 0
     """Seeds the prompts of round i (seed + i) and torch's sampler."""
 
+    def __post_init__(self):
+        _check_counts(self, "iterations", "prompts_per_iter", "group_size", "inner_steps")
+        check_positive(lr=self.lr, temperature=self.temperature)
+        if self.max_grad_norm is not None:
+            check_positive(max_grad_norm=self.max_grad_norm)
 
-@dataclass
-class Rollout:
-    """One round of samples and everything scored on them before the update.
 
-    batch: the sampled Batch; rewards [B] (true or learned); old_logp [B, T] under the
-    sampling policy pi_old; ref_logp [B, T] under pi_ref (None without a reference).
+def on_policy(policy, tokenizer, world, algorithm: Algorithm, config: RLConfig = RLConfig(), ref=None,
+              reward_fn: Callable | None = None, progress: bool = True,
+              callback: Callable | None = None) -> dict[str, list[float]]:
+    """The loop every on-policy chapter shares. Each round:
+
+      1. sample G completions for each of a few prompts (the KV cache), score them with the
+         world's true reward or `reward_fn(batch) -> [B]` (e.g. a reward model), and run
+         `ref` (pi_ref) if given: all without autograd. An algorithm that needs_reference fails
+         without it; one that does not still gets ref_logp, to log the drift KL;
+      2. one forward of the policy gives logp; old_logp is its detached copy (the policy that
+         sampled has not moved yet) and makes the `Rollout`; `algorithm.prepare(rollout)`;
+      3. `inner_steps` gradient steps on `algorithm.loss(logp, rollout, state, logits)`, the
+         policy's and the algorithm's own parameters (a critic) clipped apart, so a large
+         critic loss cannot shrink the policy's step;
+      4. `algorithm.end_of_round(policy, rollout, history)`, then `callback(iteration, policy,
+         rollout, history)`.
+
+    The history has one entry per round: "reward" (what was maximised), "true_reward",
+    "length", `prepare`'s metrics, and "loss" and `loss`'s metrics averaged over the inner steps.
+    The round's inputs are validated once; the inner steps skip the losses' value checks
+    (`checks.values_validated`) and stop on a non-finite loss instead.
     """
-
-    batch: Batch
-    rewards: torch.Tensor
-    old_logp: torch.Tensor
-    ref_logp: torch.Tensor | None
-    group_size: int
-    old_logits: torch.Tensor | None = None
-    """[B, T, V] next-token logits under pi_old (only with on_policy(..., with_logits=True))."""
-    ref_logits: torch.Tensor | None = None
-    """[B, T, V] next-token logits under pi_ref (only with with_logits=True and a reference)."""
-
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.batch.completion_mask
-
-
-def on_policy(policy, tokenizer, world, loss_fn: Callable, config: RLConfig = RLConfig(), ref=None,
-              reward_fn: Callable | None = None, extra_params=(), progress: bool = True,
-              callback: Callable | None = None, with_logits: bool = False) -> dict[str, list[float]]:
-    """The loop every on-policy chapter shares: sample G completions for each of a few
-    prompts, score them, record old and reference log-probs, then take `inner_steps`
-    gradient steps on `loss_fn(logp, rollout) -> (loss, metrics)`.
-
-    reward_fn(batch) -> [B] replaces the world's true reward (e.g. a learned reward model);
-    the true reward is logged either way as "true_reward". `extra_params` (e.g. a critic's)
-    join the optimizer; their gradient norm is clipped on its own, so that a large critic
-    loss cannot shrink the policy's step. `callback(iteration, policy, history)` runs after
-    each round. With `with_logits`, the rollout also keeps the full next-token logits
-    (`old_logits`, `ref_logits`, `[B, T, V]`) and the loss is called as
-    `loss_fn(logp, rollout, logits)`, for exact KLs over the vocabulary.
-    """
+    if algorithm.needs_reference and ref is None:
+        raise ValueError(f"ref: {type(algorithm).__name__} needs a reference model (pass ref=...)")
     device = next(policy.parameters()).device
-    policy_params, extra_params = list(policy.parameters()), list(extra_params)
-    params = [*policy_params, *extra_params]
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    policy_params, extra_params = list(policy.parameters()), list(algorithm.parameters())
+    if not any(p.requires_grad for p in policy_params):
+        raise ValueError("policy: no parameter requires grad (a frozen copy?); train lm.trainable_copy(model)")
+    optimizer = torch.optim.Adam([*policy_params, *extra_params], lr=config.lr)
+    needs_logits = algorithm.needs_logits
     torch.manual_seed(config.seed)
     history = defaultdict(list)
     for it in tqdm(range(config.iterations), desc="RL", disable=not progress):
-        batch, true_reward = sample_groups(world, policy, tokenizer, config.prompts_per_iter, config.group_size,
-                                           seed=config.seed + it, temperature=config.temperature)
-        rewards = reward_fn(batch).detach().to(device) if reward_fn is not None else true_reward
         with torch.no_grad():
-            old_logp, old_logits = completion_logprobs(policy, batch, return_logits=True)
-            ref_logp, ref_logits = (completion_logprobs(ref, batch, return_logits=True) if ref is not None
-                                    else (None, None))
-        rollout = Rollout(batch, rewards, old_logp, ref_logp, config.group_size,
-                          old_logits if with_logits else None, ref_logits if with_logits else None)
+            batch, true_reward = sample_groups(world, policy, tokenizer, config.prompts_per_iter, config.group_size,
+                                               seed=config.seed + it, temperature=config.temperature)
+            rewards = reward_fn(batch).to(device) if reward_fn is not None else true_reward
+            ref_logp, ref_logits = _forward(ref, batch, needs_logits) if ref is not None else (None, None)
         policy.train()
-        for _ in range(config.inner_steps):
-            if with_logits:
-                logp, logits = completion_logprobs(policy, batch, return_logits=True)
-                loss, metrics = loss_fn(logp, rollout, logits)
-            else:
-                loss, metrics = loss_fn(completion_logprobs(policy, batch), rollout)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.max_grad_norm is not None:
-                for group in (policy_params, extra_params):
-                    if group:
-                        torch.nn.utils.clip_grad_norm_(group, config.max_grad_norm)
-            optimizer.step()
+        logp, logits = _forward(policy, batch, needs_logits)
+        rollout = Rollout(batch, rewards, logp.detach(), ref_logp, config.group_size, true_reward,
+                          logits.detach() if needs_logits else None, ref_logits)
+        check_finite(rewards=rewards, old_logp=rollout.old_logp, ref_logp=ref_logp)
+        with torch.no_grad():
+            state, round_metrics = algorithm.prepare(rollout)
+        steps = defaultdict(list)
+        with values_validated():
+            for step in range(config.inner_steps):
+                if step > 0:
+                    logp, logits = _forward(policy, batch, needs_logits)
+                loss, metrics = algorithm.loss(logp, rollout, state, logits)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss is {loss.item()} at round {it}, inner step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_grad_norm is not None:
+                    for group in (policy_params, extra_params):
+                        if group:
+                            torch.nn.utils.clip_grad_norm_(group, config.max_grad_norm)
+                optimizer.step()
+                for k, v in {"loss": loss.detach(), **metrics}.items():
+                    steps[k].append(torch.as_tensor(v, dtype=torch.float32))
         policy.eval()
         history["reward"].append(rewards.mean().item())
         history["true_reward"].append(true_reward.mean().item())
-        history["loss"].append(loss.item())
         history["length"].append(batch.lengths.float().mean().item())
-        for k, v in metrics.items():
+        for k, v in round_metrics.items():
             history[k].append(float(v))
+        for k, vs in steps.items():
+            history[k].append(torch.stack(vs).mean().item())
+        algorithm.end_of_round(policy, rollout, history)
         if callback is not None:
-            callback(it, policy, history)
+            callback(it, policy, rollout, history)
     return dict(history)
+
+
+def _forward(model, batch: Batch, with_logits: bool):
+    """(logp `[B, T]`, logits `[B, T, V]` or None) of a batch's completions."""
+    if with_logits:
+        return completion_logprobs(model, batch, return_logits=True)
+    return completion_logprobs(model, batch), None
 
 
 # ---------------------------------------------------------------- learned scorers (chapters 03-04)
@@ -268,6 +287,13 @@ class PreferenceConfig:
     seed: int = 0
     """Seeds the minibatch draws (and, in `iterative_dpo`, the prompts and samples)."""
 
+    def __post_init__(self):
+        _check_counts(self, "steps", "batch_size")
+        check_positive(lr=self.lr, beta=self.beta)
+        check_nonnegative(nll_weight=self.nll_weight)
+        if self.max_grad_norm is not None:
+            check_positive(max_grad_norm=self.max_grad_norm)
+
 
 def preference_train(policy, pairs, ref=None, config: PreferenceConfig = PreferenceConfig(),
                      loss_fn: Callable | None = None, with_lengths: bool = False, optimizer=None,
@@ -290,12 +316,8 @@ def preference_train(policy, pairs, ref=None, config: PreferenceConfig = Prefere
     orders the pair right, h > 0), "margin" (mean h), "chosen_logp" and "rejected_logp"
     (mean sequence log-probs under the policy), "nll" (per-token NLL of the chosen answers).
     """
-    if config.steps < 1:
-        raise ValueError(f"config.steps must be >= 1, got {config.steps}")
     if len(pairs) == 0:
         raise ValueError("pairs is empty")
-    if config.nll_weight < 0:
-        raise ValueError(f"config.nll_weight must be >= 0, got {config.nll_weight}")
     loss_fn = loss_fn or (lambda cw, cl, rw, rl: dpo_loss(cw, cl, rw, rl, beta=config.beta))
     device = next(policy.parameters()).device
     pad = policy.config.pad_token_id
@@ -346,8 +368,8 @@ def evaluate(policy, tokenizer, world, n_prompts: int = 256, samples_per_prompt:
     prompts (`seed`): {"reward": mean true reward, "accuracy": fraction with reward >=
     threshold (exact match in the sort world), "length": mean completion length}.
     Sampling at temperature 1 measures the expectation the RL objective is about; a low
-    temperature approaches greedy decoding. The caller's torch random stream is left untouched."""
-    with torch.random.fork_rng(devices=[]):
+    temperature approaches greedy decoding. The caller's torch random streams (the CPU's and the policy's device's) are left untouched."""
+    with fork_rng(next(policy.parameters()).device):
         torch.manual_seed(seed)
         batch, r = sample_groups(world, policy, tokenizer, n_prompts, samples_per_prompt, seed=seed,
                                  temperature=temperature)

@@ -84,7 +84,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     check_same_shape(values=values, old_values=old_values, returns=returns)
     check_finite(values=values, old_values=old_values, returns=returns)
     m = check_mask(mask, values, "values")
-    if clip_eps is not None and clip_eps <= 0:
+    if clip_eps is not None and not clip_eps > 0:
         raise ValueError(f"clip_eps must be > 0 or None, got {clip_eps}")
     loss = (values - returns) ** 2
     if clip_eps is not None:

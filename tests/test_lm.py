@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlbook.lm import (Batch, completion_logprobs, concat_batches, context_length, frozen_copy,
+from rlbook.lm import (Batch, completion_logprobs, concat_batches, context_length, frozen_copy, trainable_copy,
                        make_batch, next_token_distribution, sample, word_tokenizer)
 
 
@@ -101,17 +101,21 @@ def test_sampled_batches_score_like_teacher_forced_ones(sentiment):
         assert torch.allclose(logp[i][: expected.shape[0]], expected, atol=1e-5)
 
 
-def test_frozen_copy_is_frozen_and_equal(sentiment):
+def test_frozen_and_trainable_copies_are_equal_and_independent(sentiment):
     _, tok, model = sentiment
     ref = frozen_copy(model)
+    policy = trainable_copy(ref)  # from a frozen model too
     assert not any(p.requires_grad for p in ref.parameters())
+    assert all(p.requires_grad and p.grad is None for p in policy.parameters()) and not policy.training
     batch = make_batch(tok, ["the sky is"], ["blue"])
-    assert torch.equal(completion_logprobs(model, batch), completion_logprobs(ref, batch))
+    original = completion_logprobs(model, batch)
+    assert torch.equal(original, completion_logprobs(ref, batch))
+    assert torch.equal(original, completion_logprobs(policy, batch).detach())
     with torch.no_grad():
-        next(model.parameters()).add_(1.0)
-    assert not torch.equal(completion_logprobs(model, batch), completion_logprobs(ref, batch))
-    with torch.no_grad():
-        next(model.parameters()).sub_(1.0)
+        next(policy.parameters()).add_(1.0)  # a copy's change reaches neither the original nor the other copy
+    assert not torch.equal(completion_logprobs(policy, batch).detach(), original)
+    assert torch.equal(completion_logprobs(model, batch), original)
+    assert torch.equal(completion_logprobs(ref, batch), original)
 
 
 def test_concat_batches_repads(sentiment):

@@ -10,7 +10,7 @@ import torch
 from rlbook.advantages import rloo_advantages
 from rlbook.exact import (TabularPolicy, batch_estimator_moments, estimator_moments, exact_gradient, flat_grad,
                           sequence_index, token_score_gradients)
-from rlbook.policy_gradient import (REINFORCELoss, gradient_of_probabilities, leave_one_out_baseline,
+from rlbook.policy_gradient import (gradient_of_probabilities, leave_one_out_baseline,
                                     log_derivative_form, mean_baseline, objective, reinforce_loss,
                                     score_function_gradient, sequence_logprob, total_reward, weights)
 from rlbook.tasks import SortWorld, sort_token_rewards
@@ -248,8 +248,6 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         total_reward(torch.tensor([[float("inf")]]))
     with pytest.raises(ValueError, match="returns"):
         gradient_of_probabilities(TabularPolicy(2, 2), torch.zeros(3))
-    with pytest.raises(ValueError, match="kind"):
-        REINFORCELoss(kind="gae")
     with pytest.raises(ValueError, match="world"):
         sort_token_rewards(object(), None, None)
 
@@ -284,39 +282,3 @@ def test_sampled_reinforce_raises_the_exact_objective():
             pi.logits += step.view_as(pi.logits)
     after = objective(pi, R).item()
     assert after > before + 0.5 and after <= R.max().item()
-
-
-@pytest.mark.parametrize("kind, baseline", [("total", None), ("rewards_to_go", "rloo")])
-def test_reinforce_loss_runs_in_the_shared_loop(sentiment, kind, baseline):
-    from rlbook.lm import frozen_copy
-    from rlbook.train import RLConfig, on_policy
-
-    world, tok, model = sentiment
-    policy = frozen_copy(model)
-    for p in policy.parameters():
-        p.requires_grad_(True)
-    loss = REINFORCELoss(kind=kind, baseline=baseline)
-    history = on_policy(policy, tok, world, loss, RLConfig(iterations=2, prompts_per_iter=2, group_size=4),
-                        progress=False)
-    assert len(history["true_reward"]) == 2 and all(math.isfinite(x) for x in history["loss"])
-    assert "phi_std" in history
-
-
-def test_reinforce_loss_object_puts_the_sequence_reward_at_the_last_token():
-    from types import SimpleNamespace
-
-    rewards = torch.tensor([1.0, 0.0, 3.0, 2.0])
-    rollout = SimpleNamespace(mask=MASK, rewards=rewards, old_logp=torch.zeros(4, 4), group_size=2)
-    total = REINFORCELoss("total").phi(rollout)
-    assert torch.equal(total, rewards.unsqueeze(1) * MASK)
-    rtg = REINFORCELoss("rewards_to_go").phi(rollout)
-    assert torch.equal(rtg, total)                       # one reward at the end: rewards-to-go = R everywhere
-    rloo = REINFORCELoss("total", "rloo").phi(rollout)
-    assert torch.allclose(rloo, rloo_advantages(rewards, 2).unsqueeze(1) * MASK)   # whole sequences, ragged or not
-    token_r = torch.zeros(4, 4)
-    token_r[torch.arange(4), MASK.sum(1) - 1] = rewards
-    assert torch.allclose(weights(token_r, "total", "mean", MASK), (rewards - rewards.mean()).unsqueeze(1) * MASK)
-    logp = (-torch.rand(4, 4) * MASK).requires_grad_()
-    loss, metrics = REINFORCELoss("total", "rloo")(logp, rollout)
-    assert loss.item() == pytest.approx(reinforce_loss(logp, rloo, MASK, "sequence").item())
-    assert set(metrics) == {"phi_mean", "phi_std"}
