@@ -105,7 +105,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    for name in result:
+    for name in ("cold", "warm"):
         done = [v for v in result[name].values() if v is not None]
         result[f"total_{name}_s"] = round(sum(done), 1) if done else None
     print(f"\n{'chapter':8s} {'cold s':>8s} {'warm s':>8s}")
