@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rlbook import lm, ppo, pretrained, preference, tasks, train
+from rlbook import kl, lm, pretrained, preference, tasks, train
 from rlbook.device import setup
 
 HERE = Path(__file__).resolve().parent
@@ -62,11 +62,11 @@ class Setting:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             batch, r = tasks.sample_groups(self.world, policy, self.tokenizer, self.s["eval_prompts"], 1, seed=seed)
-        kl = ppo.sequence_kl(lm.completion_logprobs(policy, batch), lm.completion_logprobs(self.ref, batch),
-                             batch.completion_mask)
+        kl_value = kl.sequence_kl(lm.completion_logprobs(policy, batch), lm.completion_logprobs(self.ref, batch),
+                                  batch.completion_mask)
         lengths = batch.lengths
         return {"true_reward": r.mean().item(), "grammatical": (r > self.world.ungrammatical_reward).float().mean().item(),
-                "kl": kl.item(), "length": lengths.float().mean().item(),
+                "kl": kl_value.item(), "length": lengths.float().mean().item(),
                 "length_hist": [int((lengths == n).sum()) for n in range(1, self.world.max_new_tokens + 1)]}
 
 
