@@ -434,3 +434,75 @@ def sort_token_rewards(world: SortWorld, batch: Batch, tokenizer, correct: float
         last = len(words) - 1
         rewards[i, last] = total - rewards[i, :last].sum()
     return rewards.to(mask.device) * mask
+
+
+# ====================================================================== data for chapter 10 (IPO, KTO, SimPO)
+
+def noisy_pairs(pairs: PreferencePairs, p: float, pad_token_id: int, seed: int = 0
+                ) -> tuple[PreferencePairs, torch.Tensor]:
+    """A world whose annotator agrees with the true reward only with probability p: each
+    pair's chosen and rejected answers are swapped independently with probability 1 - p.
+    Returns (the relabelled pairs, flipped: bool [N]); the rewards travel with their answers,
+    so `chosen_reward < rejected_reward` marks the flipped pairs too."""
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"p must lie in [0, 1], got {p}")
+    flipped = torch.rand(len(pairs), generator=torch.Generator().manual_seed(seed)) >= p
+    rows = torch.arange(len(pairs))
+    w, l = torch.where(flipped, len(pairs) + rows, rows), torch.where(flipped, rows, len(pairs) + rows)
+    both = concat_batches([pairs.chosen, pairs.rejected], pad_token_id)
+    rewards = torch.cat([pairs.chosen_reward, pairs.rejected_reward])
+    return PreferencePairs(both.index(w), both.index(l), rewards[w], rewards[l]), flipped
+
+
+def mismatched_batch(batch: Batch) -> Batch:
+    """Each prompt with the completion of the row before it (row 0 gets the last one): the
+    mismatched (x, y') pairs from which KTO's reference code and TRL's KTOTrainer estimate
+    z0 = KL(pi || pi_ref), formed by shifting completions by one within the batch."""
+    if len(batch) < 2:
+        raise ValueError(f"batch must have >= 2 rows to mismatch prompts and completions, got {len(batch)}")
+    return Batch(batch.prompt_ids, batch.prompt_mask, batch.completion_ids.roll(1, dims=0),
+                 batch.completion_mask.roll(1, dims=0))
+
+
+def balanced_feedback(world: World, model, tokenizer, n_desirable: int, n_undesirable: int, threshold: float,
+                      seed: int = 0, pool: int | None = None) -> UnpairedFeedback:
+    """Unpaired feedback with a chosen class balance: the first `n_desirable` samples of the
+    model whose true reward is > threshold and the first `n_undesirable` with reward <=
+    threshold, from a pool of `pool` samples (default 4 (n_desirable + n_undesirable)), one
+    per prompt. Raises if the pool holds too few of either kind."""
+    if n_desirable < 0 or n_undesirable < 0 or n_desirable + n_undesirable == 0:
+        raise ValueError(f"n_desirable, n_undesirable must be >= 0 and not both 0, got {n_desirable}, {n_undesirable}")
+    pool = pool or 4 * (n_desirable + n_undesirable)
+    data = unpaired_feedback(world, model, tokenizer, pool, threshold, seed)
+    good, bad = data.desirable.nonzero().squeeze(1), (~data.desirable).nonzero().squeeze(1)
+    if len(good) < n_desirable or len(bad) < n_undesirable:
+        raise ValueError(f"the pool of {pool} samples has {len(good)} desirable and {len(bad)} undesirable; "
+                         f"asked for {n_desirable} and {n_undesirable}: raise pool")
+    rows = torch.cat([good[:n_desirable], bad[:n_undesirable]]).sort().values
+    return UnpairedFeedback(data.batch.index(rows), data.desirable[rows], data.reward[rows])
+
+
+def unpaired_from_pairs(pairs: PreferencePairs, pad_token_id: int) -> UnpairedFeedback:
+    """The pairs taken apart: every chosen answer a desirable example, every rejected one an
+    undesirable example (2N examples, the same answers, no pairing), as the KTO paper does to
+    compare KTO with DPO on one dataset."""
+    batch = concat_batches([pairs.chosen, pairs.rejected], pad_token_id)
+    desirable = torch.cat([torch.ones(len(pairs), dtype=torch.bool), torch.zeros(len(pairs), dtype=torch.bool)])
+    return UnpairedFeedback(batch, desirable.to(pairs.chosen_reward.device),
+                            torch.cat([pairs.chosen_reward, pairs.rejected_reward]))
+
+
+def length_balanced_pairs(pairs: PreferencePairs, seed: int = 0) -> PreferencePairs:
+    """A length-neutral preference set: the pairs whose answers differ in length, subsampled
+    so that the chosen answer is the longer one in exactly half of them. Length then says
+    nothing about the label, and any drift in the trained policy's length comes from the loss."""
+    longer = pairs.chosen.lengths > pairs.rejected.lengths
+    shorter = pairs.chosen.lengths < pairs.rejected.lengths
+    a, b = longer.nonzero().squeeze(1), shorter.nonzero().squeeze(1)
+    n = min(len(a), len(b))
+    if n == 0:
+        raise ValueError("no pairs with a longer chosen answer and a shorter one to balance")
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.cat([a[torch.randperm(len(a), generator=g)[:n]], b[torch.randperm(len(b), generator=g)[:n]]]).sort().values
+    return PreferencePairs(pairs.chosen.index(rows), pairs.rejected.index(rows),
+                           pairs.chosen_reward[rows], pairs.rejected_reward[rows])

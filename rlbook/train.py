@@ -16,8 +16,8 @@ from rlbook.device import fork_rng
 from rlbook.dpo import dpo_loss
 from rlbook.lm import Batch, completion_logprobs, concat_batches, frozen_copy, make_batch
 from rlbook.masked import masked_mean, masked_sum
-from rlbook.preference import log_ratio_margin
-from rlbook.tasks import pairs_from_groups, sample_groups
+from rlbook.preference import kto_loss, kto_reference_point, log_ratio_margin
+from rlbook.tasks import mismatched_batch, pairs_from_groups, sample_groups
 from rlbook.value import bradley_terry_loss, reward_scores, value_loss, values
 
 
@@ -428,3 +428,83 @@ def _dpo_round(policy, pairs, ref, config, t, loss_fn, optimizer, history) -> No
                              progress=False)
     for k in ("loss", "accuracy", "chosen_logp", "rejected_logp"):
         history[k].append(sum(steps[k]) / len(steps[k]))
+
+
+# ---------------------------------------------------------------- unpaired feedback (chapter 10)
+
+@dataclass
+class KTOConfig:
+    """Settings of KTO training on unpaired desirable / undesirable examples."""
+
+    steps: int = 100
+    """Gradient steps."""
+    batch_size: int = 32
+    """Examples per step, drawn with replacement (>= 2: z0 needs mismatched pairs)."""
+    lr: float = 1e-4
+    """Adam learning rate."""
+    beta: float = 0.1
+    """KTO's beta."""
+    lambda_d: float = 1.0
+    """Weight of the desirable examples' loss (lambda_D)."""
+    lambda_u: float = 1.0
+    """Weight of the undesirable examples' loss (lambda_U)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm (None: no clipping)."""
+    seed: int = 0
+    """Seeds the minibatch draws."""
+
+
+def kto_train(policy, feedback, ref, config: KTOConfig = KTOConfig(), progress: bool = True,
+              callback: Callable | None = None) -> dict[str, list[float]]:
+    """KTO on unpaired feedback (`tasks.UnpairedFeedback`). Each step draws `batch_size`
+    examples and minimises `preference.kto_loss` with the reference point estimated as
+    KTO's reference code and TRL do: the completions shifted by one within the minibatch
+    (`tasks.mismatched_batch`), their log-ratio log pi(y'|x) - log pi_ref(y'|x) computed
+    without gradient, averaged and clamped at 0 (`preference.kto_reference_point`).
+    The reference log-probs of the matched examples are computed once, up front; the
+    mismatched ones need the reference model at every step.
+
+    Logs per step: "loss", "z0", "reward_desirable" / "reward_undesirable" (mean log-ratio
+    r = log pi/pi_ref of each kind in the minibatch, NaN when it has none), "desirable"
+    (the minibatch's fraction of desirable examples).
+    """
+    if config.steps < 1:
+        raise ValueError(f"config.steps must be >= 1, got {config.steps}")
+    if config.batch_size < 2:
+        raise ValueError(f"config.batch_size must be >= 2 (z0 needs mismatched pairs), got {config.batch_size}")
+    if len(feedback.batch) == 0:
+        raise ValueError("feedback is empty")
+    device = next(policy.parameters()).device
+    with torch.no_grad():
+        ref_logp = torch.cat([sequence_logprobs(ref, feedback.batch.index(slice(i, i + 512)))
+                              for i in range(0, len(feedback.batch), 512)])
+    desirable_all = feedback.desirable.to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    history = defaultdict(list)
+    policy.train()
+    for step in tqdm(range(config.steps), desc="KTO", disable=not progress):
+        rows = torch.randint(len(feedback.batch), (config.batch_size,), generator=generator).tolist()
+        batch = feedback.batch.index(rows)
+        mismatched = mismatched_batch(batch)
+        with torch.no_grad():
+            z0 = kto_reference_point(sequence_logprobs(policy, mismatched), sequence_logprobs(ref, mismatched))
+        logp = sequence_logprobs(policy, batch)
+        desirable = desirable_all[rows]
+        loss = kto_loss(logp, ref_logp[rows], desirable, config.beta, config.lambda_d, config.lambda_u, z0=z0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+        optimizer.step()
+        r = logp.detach() - ref_logp[rows]
+        history["loss"].append(loss.item())
+        history["z0"].append(z0.item())
+        history["reward_desirable"].append(r[desirable].mean().item() if desirable.any() else float("nan"))
+        history["reward_undesirable"].append(r[~desirable].mean().item() if (~desirable).any() else float("nan"))
+        history["desirable"].append(desirable.float().mean().item())
+        if callback is not None:
+            callback(step, policy, history)
+    optimizer.zero_grad(set_to_none=True)
+    policy.eval()
+    return dict(history)
