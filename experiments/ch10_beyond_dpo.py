@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 BETA = 0.5                      # DPO, IPO and KTO
 SIMPO = dict(beta=2.0, gamma=0.5)  # SimPO's code defaults: beta = 2, gamma / beta = 0.25
 NOISE_P = 0.75
+KTO_THRESHOLD = 0.5             # the imbalanced-feedback runs: desirable = true reward above this
 METHODS = ("dpo", "ipo", "ipo_norm", "kto", "simpo")
 
 
@@ -116,6 +117,8 @@ def run(setting: Setting, method: str, pairs: tasks.PreferencePairs, seed: int, 
     cw, _ = train.pair_logprobs(policy, pairs)
     out = {"method": method, "seed": seed, "steps": s["steps"], "seconds_per_step": seconds / s["steps"],
            "margin_curve": curve, "chosen_logp_change": (cw - rw).mean().item(), "data": data_used,
+           # the models the method's loss uses (SimPO: the policy only; DPO and IPO use the reference
+           # only up front, KTO at every step: the notebook measures that separately)
            "models_in_memory": 1 if method == "simpo" else 2, **setting.measure(policy)}
     out["history"] = {k: v for k, v in history.items() if k in ("margin", "z0", "reward_desirable", "reward_undesirable")}
     return out
@@ -141,9 +144,9 @@ def sweep(quick: bool) -> dict:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             feedback = {"1:1": tasks.balanced_feedback(setting.world, setting.model, setting.tokenizer, (n_d + n_u) // 2,
-                                                       (n_d + n_u) // 2, threshold=0.5, seed=200 + seed, pool=8 * (n_d + n_u)),
+                                                       (n_d + n_u) // 2, threshold=KTO_THRESHOLD, seed=200 + seed, pool=8 * (n_d + n_u)),
                         "1:4": tasks.balanced_feedback(setting.world, setting.model, setting.tokenizer, n_d, n_u,
-                                                       threshold=0.5, seed=200 + seed, pool=8 * (n_d + n_u))}
+                                                       threshold=KTO_THRESHOLD, seed=200 + seed, pool=8 * (n_d + n_u))}
         for name, data, lam in (("1:1", feedback["1:1"], 1.0), ("1:4", feedback["1:4"], 1.0),
                                 ("1:4", feedback["1:4"], preference.kto_balanced_lambdas(n_d, n_u, 1.0)[0]),
                                 ("1:4", feedback["1:4"], preference.kto_balanced_lambdas(n_d, n_u, 4 / 3)[0])):
@@ -153,7 +156,7 @@ def sweep(quick: bool) -> dict:
 
 
 def summary(results: dict) -> list[str]:
-    """One line per (experiment, method, ...) with mean ± spread (half the range) over seeds."""
+    """One line per (experiment, method, ...) with the mean and [min, max] over seeds."""
     groups = {}
     for r in results["runs"]:
         key = (r["experiment"], r["method"], r.get("balance", ""), round(r.get("lambda_d", 1.0), 3))
@@ -163,7 +166,7 @@ def summary(results: dict) -> list[str]:
         cells = []
         for m in ("true_reward", "kl", "length", "chosen_logp_change"):
             xs = [r[m] for r in rows]
-            cells.append(f"{m} {statistics.mean(xs):+.2f} ± {(max(xs) - min(xs)) / 2:.2f}")
+            cells.append(f"{m} {statistics.mean(xs):+.2f} [{min(xs):+.2f}, {max(xs):+.2f}]")
         lines.append(f"{' '.join(str(k) for k in key if k != '')}: " + ", ".join(cells))
     return lines
 

@@ -166,8 +166,10 @@ def simpo_loss(chosen_logp, rejected_logp, chosen_len, rejected_len, beta: float
 
     No reference model: the implicit reward is the length-normalised log-likelihood, so
     a longer answer is not favoured just for having more tokens. gamma is a target
-    margin (the paper's code: beta = 2, gamma/beta = 0.25). The seed writes it without
-    beta, which is beta = 1.
+    margin. The defaults here are beta = 2, gamma = 1 (gamma/beta = 0.5, the value in
+    rlbook's API design); the SimPO code's defaults are beta = 2, gamma/beta = 0.25, i.e.
+    gamma = 0.5: pass gamma=0.5 for those. The seed writes the loss without beta, which
+    is beta = 1.
 
     chosen_len, rejected_len: number of completion tokens |y| (> 0), [B].
     """
