@@ -37,6 +37,9 @@ def sft(model, tokenizer, examples: Sequence[tuple], steps: int, batch_size: int
     if len(examples) == 0:
         raise ValueError("examples is empty")
     device = next(model.parameters()).device
+    # tokenised once; a minibatch is rows of it without the all-padding columns, the same
+    # tensors make_batch would build for those examples
+    data = make_batch(tokenizer, [p for p, _ in examples], [c for _, c in examples]).to(device)
     rng = random.Random(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -44,8 +47,8 @@ def sft(model, tokenizer, examples: Sequence[tuple], steps: int, batch_size: int
     history = defaultdict(list)
     model.train()
     for _ in tqdm(range(steps), desc="SFT", disable=not progress):
-        chosen = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
-        batch = make_batch(tokenizer, [p for p, _ in chosen], [c for _, c in chosen]).to(device)
+        rows = torch.tensor([rng.randrange(len(examples)) for _ in range(batch_size)], device=device)
+        batch = data.index(rows).compact()
         loss = sft_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
