@@ -71,11 +71,18 @@ def as_words(text: str | Words) -> list[str]:
 
 def encode_words(tokenizer: PreTrainedTokenizerFast, words: Words, argument: str = "prompts") -> list[int]:
     """Token ids of `words`; a word outside the vocabulary is an error that names it."""
+    return _encode_all(tokenizer, [words], argument)[0]
+
+
+def _encode_all(tokenizer, texts: Sequence[str | Words], argument: str) -> list[list[int]]:
+    """`encode_words` of every text, reading the vocabulary once (building it costs more
+    than looking up a row's words)."""
     vocab = tokenizer.get_vocab()
-    unknown = [w for w in words if w not in vocab]
+    rows = [t.split() if isinstance(t, str) else t for t in texts]  # as_words, without copying lists
+    unknown = [w for words in rows for w in words if w not in vocab]
     if unknown:
         raise ValueError(f"{argument} uses words outside the vocabulary: {unknown}")
-    return [vocab[w] for w in words]
+    return [[vocab[w] for w in words] for words in rows]
 
 
 # ---------------------------------------------------------------- model
@@ -186,13 +193,20 @@ class Batch:
 
     def prompts(self, tokenizer) -> list[list[str]]:
         """Prompt words without padding or <bos>."""
-        return [[w for w in tokenizer.convert_ids_to_tokens(row[m.bool()].tolist()) if w != BOS]
-                for row, m in zip(self.prompt_ids, self.prompt_mask)]
+        return [[w for w in row if w != BOS] for row in _words(tokenizer, self.prompt_ids, self.prompt_mask)]
 
     def completions(self, tokenizer) -> list[list[str]]:
         """Completion words as the tokenizer sees them, ending in '<eos>' when finished."""
-        return [tokenizer.convert_ids_to_tokens(row[m.bool()].tolist())
-                for row, m in zip(self.completion_ids, self.completion_mask)]
+        return _words(tokenizer, self.completion_ids, self.completion_mask)
+
+    def compact(self) -> "Batch":
+        """The same rows without the columns that are padding in every row (the prompts'
+        left-most, the completions' right-most): what `make_batch` builds for these rows.
+        `index` keeps the full width; index, then compact, to train on a sub-batch."""
+        p_cols = int(self.prompt_mask.any(0).long().argmax())  # the first column with a real token
+        t_cols = self.completion_mask.shape[1] - int(self.completion_mask.any(0).long().flip(0).argmax())
+        return Batch(self.prompt_ids[:, p_cols:], self.prompt_mask[:, p_cols:],
+                     self.completion_ids[:, :t_cols], self.completion_mask[:, :t_cols])
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -200,22 +214,31 @@ class Batch:
         return self.completion_mask.sum(1)
 
 
+def _words(tokenizer, ids: torch.Tensor, mask: torch.Tensor) -> list[list[str]]:
+    """The tokens of each row of `ids` where `mask` is 1: one host copy per tensor and one
+    `convert_ids_to_tokens` call for the whole batch, not one per row."""
+    rows = [[i for i, m in zip(r, mr) if m] for r, mr in zip(ids.tolist(), mask.tolist())]
+    tokens = iter(tokenizer.convert_ids_to_tokens([i for r in rows for i in r]))
+    return [[next(tokens) for _ in r] for r in rows]
+
+
 def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
+    """Rows of ids padded with `value` to a common width (on the left or right): (ids, mask)."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    width = int(lengths.max())
+    cols = torch.arange(width)
+    real = cols >= width - lengths[:, None] if left else cols < lengths[:, None]
     ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        cols = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, cols] = torch.tensor(r, dtype=torch.long)
-        mask[i, cols] = 1
-    return ids, mask
+    ids[real] = torch.tensor([i for r in rows for i in r], dtype=torch.long)  # row-major, as `real` is read
+    return ids, real.long()
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str | Words]) -> tuple[torch.Tensor, torch.Tensor]:
     """<bos> + prompt words, left-padded: (prompt_ids [B, P], prompt_mask [B, P])."""
     if len(prompts) == 0:
         raise ValueError("prompts is empty: pass at least one prompt")
-    rows = [[tokenizer.bos_token_id, *encode_words(tokenizer, as_words(p), "prompts")] for p in prompts]
+    bos = tokenizer.bos_token_id  # an attribute lookup that costs more than a row
+    rows = [[bos, *ids] for ids in _encode_all(tokenizer, prompts, "prompts")]
     return _pad(rows, tokenizer.pad_token_id, left=True)
 
 
@@ -231,8 +254,8 @@ def make_batch(tokenizer, prompts: Sequence[str | Words], completions: Sequence[
     if len(prompts) != len(completions):
         raise ValueError(f"completions has {len(completions)} items but prompts has {len(prompts)}")
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
-    rows = [encode_words(tokenizer, as_words(c), "completions") + ([tokenizer.eos_token_id] if add_eos else [])
-            for c in completions]
+    eos = [tokenizer.eos_token_id] if add_eos else []
+    rows = [ids + eos for ids in _encode_all(tokenizer, completions, "completions")]
     if any(len(r) == 0 for r in rows):
         raise ValueError("completions contains an empty completion")
     completion_ids, completion_mask = _pad(rows, tokenizer.pad_token_id, left=False)

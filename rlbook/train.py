@@ -41,14 +41,21 @@ def sft(model, tokenizer, examples: Sequence[tuple], steps: int, batch_size: int
         raise ValueError("examples is empty")
     device = next(model.parameters()).device
     rng = random.Random(seed)
+    # every minibatch's draws up front (the same stream as drawing step by step), each example
+    # drawn tokenised once; a minibatch is rows of that without the all-padding columns: the
+    # tensors make_batch builds for those examples
+    draws = [rng.randrange(len(examples)) for _ in range(steps * batch_size)]
+    drawn = sorted(set(draws))
+    data = make_batch(tokenizer, [examples[i][0] for i in drawn], [examples[i][1] for i in drawn]).to(device)
+    row_of = {i: row for row, i in enumerate(drawn)}
+    minibatches = torch.tensor([row_of[i] for i in draws], device=device).view(steps, batch_size)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     history = defaultdict(list)
     model.train()
-    for _ in tqdm(range(steps), desc="SFT", disable=not progress):
-        chosen = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
-        batch = make_batch(tokenizer, [p for p, _ in chosen], [c for _, c in chosen]).to(device)
+    for rows in tqdm(minibatches, desc="SFT", disable=not progress):
+        batch = data.index(rows).compact()
         loss = sft_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
