@@ -319,7 +319,7 @@ def sample(model: PreTrainedModel, tokenizer, prompts: Sequence[str | Words], ma
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature <= 0:
+    if not temperature > 0:  # NaN too
         raise ValueError(f"temperature must be > 0, got {temperature}")
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
     room = context_length(model) - prompt_ids.shape[1]

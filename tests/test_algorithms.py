@@ -432,3 +432,11 @@ def test_scalar_settings_reject_nan():
                 dict(nll_weight=nan), dict(max_grad_norm=-1.0)]:
         with pytest.raises(ValueError, match=next(iter(bad))):
             PreferenceConfig(**bad)
+
+
+def test_sampling_rejects_a_nan_temperature(sentiment):
+    from rlbook.lm import sample
+
+    world, tok, model = sentiment
+    with pytest.raises(ValueError, match="temperature"):
+        sample(model, tok, ["the sky is"], max_new_tokens=2, temperature=float("nan"))
