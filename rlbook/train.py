@@ -460,6 +460,15 @@ class KTOConfig:
     seed: int = 0
     """Seeds the minibatch draws."""
 
+    def __post_init__(self):
+        _check_counts(self, "steps", "batch_size")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (z0 needs mismatched pairs), got {self.batch_size}")
+        check_positive(lr=self.lr, beta=self.beta)
+        check_nonnegative(lambda_d=self.lambda_d, lambda_u=self.lambda_u)
+        if self.max_grad_norm is not None:
+            check_positive(max_grad_norm=self.max_grad_norm)
+
 
 def kto_train(policy, feedback, ref, config: KTOConfig = KTOConfig(), progress: bool = True,
               callback: Callable | None = None) -> dict[str, list[float]]:
@@ -475,10 +484,6 @@ def kto_train(policy, feedback, ref, config: KTOConfig = KTOConfig(), progress: 
     r = log pi/pi_ref of each kind in the minibatch, NaN when it has none), "desirable"
     (the minibatch's fraction of desirable examples).
     """
-    if config.steps < 1:
-        raise ValueError(f"config.steps must be >= 1, got {config.steps}")
-    if config.batch_size < 2:
-        raise ValueError(f"config.batch_size must be >= 2 (z0 needs mismatched pairs), got {config.batch_size}")
     if len(feedback.batch) == 0:
         raise ValueError("feedback is empty")
     device = next(policy.parameters()).device

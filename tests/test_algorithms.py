@@ -432,6 +432,11 @@ def test_scalar_settings_reject_nan():
                 dict(nll_weight=nan), dict(max_grad_norm=-1.0)]:
         with pytest.raises(ValueError, match=next(iter(bad))):
             PreferenceConfig(**bad)
+    from rlbook.train import KTOConfig
+
+    for bad in [dict(steps=0), dict(batch_size=1), dict(lambda_d=nan), dict(lambda_u=-1.0), dict(beta=nan)]:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            KTOConfig(**bad)
 
 
 def test_sampling_rejects_a_nan_temperature(sentiment):
