@@ -56,11 +56,8 @@ from rlbook import dpo as rdpo  # noqa: E402
 from rlbook import grpo as rgrpo  # noqa: E402
 from rlbook import lm, pretrained, tasks, train  # noqa: E402
 
-try:  # the explicit algorithm seam (issue 11); the old loss-object API before it lands
-    from rlbook.algorithms import GRPO as _GRPO
-    NEW_API = True
-except ImportError:  # pragma: no cover - depends on the rlbook version
-    NEW_API = False
+from rlbook.advantages import group_advantages  # noqa: E402
+from rlbook.algorithms import GRPO  # noqa: E402
 
 BETA_GRPO, EPS, LR_RL = 0.04, 0.2, 3e-4
 BETA_DPO, LR_DPO, DPO_BATCH = 0.1, 1e-4, 64
@@ -79,16 +76,19 @@ def load_models(d_model: int, sft_steps: int):
 
 
 def fresh_policy(model):
-    return lm.trainable_copy(model) if hasattr(lm, "trainable_copy") else _trainable(model)
+    return lm.trainable_copy(model)
 
 
-def _trainable(model):
-    import copy
-    policy = copy.deepcopy(model).eval()
-    for p in policy.parameters():
-        p.grad = None
-        p.requires_grad_(True)
-    return policy
+class StepClock:
+    """A callback for rlbook's loops: the wall time between consecutive calls (one per step)."""
+
+    def __init__(self):
+        self.times, self.last = [], time.perf_counter()
+
+    def __call__(self, *_):
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.last = now
 
 
 def make_pairs(world, model, tok, n_pairs: int, seed: int = 0):
@@ -112,24 +112,13 @@ def make_pairs(world, model, tok, n_pairs: int, seed: int = 0):
 def rlbook_grpo(model, tok, world, ref, steps: int, prompts: int, group: int, seed: int = 0) -> list[float]:
     """`steps` rounds of rlbook's on-policy loop; returns the wall time of each round."""
     policy = fresh_policy(model)
-    times, last = [], [0.0]
-
-    def tick(*_):
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
-
     config = train.RLConfig(iterations=steps, prompts_per_iter=prompts, group_size=group, inner_steps=1, lr=LR_RL,
                             seed=seed)
-    last[0] = time.perf_counter()
-    if NEW_API:
-        train.on_policy(policy, tok, world, _GRPO(beta=BETA_GRPO, eps=EPS, aggregation="grpo"), config, ref=ref,
-                        progress=False, callback=tick)
-    else:
-        train.on_policy(policy, tok, world, rgrpo.GRPOLoss(beta=BETA_GRPO, eps=EPS, aggregation="grpo"), config,
-                        ref=ref, progress=False, callback=tick)
+    clock = StepClock()
+    train.on_policy(policy, tok, world, GRPO(beta=BETA_GRPO, eps=EPS, aggregation="grpo"), config, ref=ref,
+                    progress=False, callback=clock)
     rlbook_grpo.last_policy = policy
-    return times
+    return clock.times
 
 
 # ====================================================================== GRPO: the floor
@@ -196,19 +185,12 @@ def rlbook_dpo(model, pairs, ref, steps: int, seed: int = 0) -> list[float]:
     """`steps` steps of `train.preference_train`; the first (which includes the up-front reference
     pass over every pair) is dropped by the caller."""
     policy = fresh_policy(model)
-    times, last = [], [0.0]
-
-    def tick(*_):
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
-
-    last[0] = time.perf_counter()
+    clock = StepClock()
     train.preference_train(policy, pairs, ref, train.PreferenceConfig(steps=steps, batch_size=DPO_BATCH,
                                                                       beta=BETA_DPO, lr=LR_DPO, seed=seed),
-                           progress=False, callback=tick)
+                           progress=False, callback=clock)
     rlbook_dpo.last_policy = policy
-    return times
+    return clock.times
 
 
 def _pair_tensors(pairs, pad: int):
@@ -402,10 +384,7 @@ def check_grpo_loss(bench: _TRL, model, tok, world) -> dict:
     with torch.no_grad():
         old = lm.completion_logprobs(old_model, batch)
         ref_logp = lm.completion_logprobs(ref_model, batch)
-    adv = rgrpo.group_advantages(rewards, 8) if hasattr(rgrpo, "group_advantages") else None
-    if adv is None:
-        from rlbook.advantages import group_advantages
-        adv = group_advantages(rewards, 8)
+    adv = group_advantages(rewards, 8)
     net.train()
     logp = lm.completion_logprobs(net, batch)
     ours = rgrpo.grpo_loss(logp, old, ref_logp, adv, batch.completion_mask, eps=EPS, beta=BETA_GRPO,
@@ -517,8 +496,7 @@ def machine_info(threads: int) -> str:
         trl_v = "not installed"
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return (f"python {platform.python_version()} | torch {torch.__version__} | transformers {transformers.__version__}"
-            f" | trl {trl_v} | cpus {os.cpu_count()} | torch threads {threads} | load avg {load[0]:.2f}"
-            f" | rlbook API {'algorithms (new)' if NEW_API else 'loss objects (old)'}")
+            f" | trl {trl_v} | cpus {os.cpu_count()} | torch threads {threads} | load avg {load[0]:.2f}")
 
 
 def main_benchmark(args):
