@@ -174,7 +174,10 @@ class KLPlacement(Algorithm):
         check_choice("estimator", self.estimator, ESTIMATORS)
         check_choice("placement", self.placement, PLACEMENTS)
         check_nonnegative(beta=self.beta)
-        self.needs_logits = self.exact_kl
+
+    @property
+    def needs_logits(self) -> bool:
+        return self.exact_kl
 
     def prepare(self, rollout):
         mask = rollout.mask
@@ -247,8 +250,14 @@ class PPO(Algorithm):
         check_choice("variant", self.variant, ("clip", "klpen"))
         if self.variant == "klpen" and self.kl_controller is None:
             raise ValueError("kl_controller: variant='klpen' needs an AdaptiveKLController")
-        self.needs_reference = self.drift_beta > 0
-        self.needs_logits = self.variant == "klpen" or self.log_kl_old_new
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.drift_beta > 0
+
+    @property
+    def needs_logits(self) -> bool:
+        return self.variant == "klpen" or self.log_kl_old_new
 
     def parameters(self):
         return self.critic.parameters()
@@ -348,7 +357,10 @@ class GRPO(Algorithm):
         if self.kl_estimator is None:
             self.kl_estimator = "k3" if self.kl_in == "loss" else "k1"
         check_choice("kl_estimator", self.kl_estimator, ESTIMATORS)
-        self.needs_reference = self.beta > 0
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.beta > 0
 
     def prepare(self, rollout):
         mask, rewards = rollout.mask, rollout.rewards
