@@ -12,8 +12,9 @@ Every GRPOConfig field is a command-line flag (TRL's own parser), so the same fi
 
 (TRL ships zero1/2/3, fsdp1/2 and multi_gpu configs in trl/accelerate_configs/). `--beta` is the
 coefficient of the penalty in the reward, not of TRL's k3 in the loss (there is none here). Without
-a GPU the script switches TRL's bf16 and gradient-checkpointing defaults off, which on a 2-core CPU
-made each step 14-23x slower; on a GPU they are left as TRL sets them. The last line printed is JSON.
+a GPU the script switches TRL's bf16 and gradient-checkpointing defaults off (on a CPU they save no
+time; chapter 12 measures them) and uses one torch thread; on a GPU they are left as TRL sets them.
+The last line printed is JSON.
 """
 
 from __future__ import annotations
