@@ -35,12 +35,15 @@ def setup(tmp_path_factory):
 def grpo_batch(setup):
     world, model, tok, _, _ = setup
     torch.manual_seed(0)
-    batch, rewards = tasks.sample_groups(world, model, tok, P, G, seed=1, temperature=2.0)
+    batch, _ = tasks.sample_groups(world, model, tok, P, G, seed=1, temperature=2.0)
     assert len(set(batch.lengths.tolist())) > 1  # lengths differ, so the aggregations differ
+    rewards = tasks.SortWorld(n_digits=5, reward_type="position").score(batch, tok)  # few exact answers at T = 2
     with torch.no_grad():
         old = lm.completion_logprobs(lm.perturbed_copy(model, 0.05, 2), batch)
         ref = lm.completion_logprobs(model, batch)
-    return batch, old, ref, group_advantages(rewards, G)
+    advantages = group_advantages(rewards, G)
+    assert (advantages != 0).sum() >= len(batch) // 2  # the policy term is tested, not only the KL
+    return batch, old, ref, advantages
 
 
 @pytest.mark.parametrize("aggregation", ["grpo", "token", "dr_grpo"])
