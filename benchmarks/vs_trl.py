@@ -38,7 +38,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 for _k, _v in {"HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -250,24 +249,18 @@ def ref_pass_seconds(ref, pairs) -> float:
 # ====================================================================== TRL
 
 class _TRL:
-    """TRL trainers on the saved SFT model. Imported lazily: TRL is only in the `bench` extra."""
+    """TRL trainers on the saved SFT model, built by `rlbook.trl_bridge` (imported lazily: TRL is only
+    in the `bench` / `trl` extras), plus the step timing this benchmark needs."""
 
     def __init__(self, model, tok, world, workdir: Path, threads: int):
-        import datasets
-        import transformers
-        import trl
         from transformers import TrainerCallback
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-        warnings.filterwarnings("ignore")
-        self.trl, self.datasets, self.transformers = trl, datasets, transformers
-        self.model_dir = workdir / "sft"
-        lm.save(model, tok, self.model_dir)
+        from rlbook import trl_bridge
+
+        self.bridge = trl_bridge
+        self.tiny = trl_bridge.TinyTRL(model, tok, world, workdir)
+        self.trl, self.model_dir = trl_bridge.trl, self.tiny.model_dir
         self.tok, self.world, self.workdir, self.threads = tok, world, workdir, threads
-        self.words = tok.convert_ids_to_tokens(list(range(len(tok))))
 
         class StepTimer(TrainerCallback):
             def __init__(self):
@@ -281,17 +274,10 @@ class _TRL:
 
         self.StepTimer = StepTimer
 
-    # -- common settings -----------------------------------------------------------------------
-
-    def _common(self, tuned: bool, steps: int, name: str) -> dict:
-        out = dict(output_dir=str(self.workdir / name), max_steps=steps, report_to="none", seed=0,
-                   use_cpu=True, dataloader_num_workers=0, save_strategy="no")
-        if tuned:
-            out.update(bf16=False, fp16=False, gradient_checkpointing=False, logging_strategy="no",
-                       eval_strategy="no", disable_tqdm=True, dataloader_pin_memory=False,
-                       lr_scheduler_type="constant", max_grad_norm=1.0, weight_decay=0.0,
-                       adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
-        return out
+    def _default_args(self, steps: int, name: str) -> dict:
+        """Only the workload: TRL's defaults (bf16 autocast, gradient checkpointing, ...) stay."""
+        return dict(output_dir=str(self.workdir / name), max_steps=steps, report_to="none", seed=0, use_cpu=True,
+                    dataloader_num_workers=0, save_strategy="no")
 
     def _times(self, trainer, threads: int | None = None) -> list[float]:
         timer = self.StepTimer()
@@ -307,29 +293,20 @@ class _TRL:
 
     # -- GRPO ------------------------------------------------------------------------------------
 
-    def _reward(self):
-        world, words = self.world, self.words
-
-        def sort_reward(prompts, completions, completion_ids, **kw):
-            return [world.reward(p.split()[1:], [words[i] for i in ids]) for p, ids in zip(prompts, completion_ids)]
-
-        return sort_reward
-
-    def grpo_trainer(self, tuned: bool, steps: int, prompts: int, group: int, extra: dict | None = None):
-        trl = self.trl
-        texts = ["<bos> " + " ".join(p) for p in self.world.prompts(prompts * (steps + 1), seed=0)]
-        dataset = self.datasets.Dataset.from_dict({"prompt": texts})
-        kw = self._common(tuned, steps, "grpo")
+    def grpo_trainer(self, tuned: bool, steps: int, prompts: int, group: int):
+        if tuned:
+            return self.tiny.grpo_trainer(prompts, group, steps, beta=BETA_GRPO, learning_rate=LR_RL,
+                                          loss_type="grpo", epsilon=EPS, use_bias_correction_kl=False,
+                                          scale_rewards="group")
+        kw = self._default_args(steps, "grpo")
         kw.update(num_generations=group, per_device_train_batch_size=prompts * group,
                   max_completion_length=self.world.max_new_tokens, beta=BETA_GRPO, learning_rate=LR_RL,
                   temperature=1.0)
-        if tuned:
-            kw.update(loss_type="grpo", epsilon=EPS, use_bias_correction_kl=False, scale_rewards="group",
-                      num_iterations=1, log_completions=False, disable_dropout=True)
-        kw.update(extra or {})
-        config = trl.GRPOConfig(**kw)
-        return trl.GRPOTrainer(model=str(self.model_dir), reward_funcs=self._reward(), args=config,
-                               train_dataset=dataset, processing_class=self.tok)
+        return self.trl.GRPOTrainer(model=str(self.model_dir),
+                                    reward_funcs=self.bridge.world_reward(self.world, self.tok),
+                                    args=self.trl.GRPOConfig(**kw),
+                                    train_dataset=self.bridge.prompt_dataset(self.world, prompts * (steps + 1)),
+                                    processing_class=self.tok)
 
     def grpo(self, tuned: bool, steps: int, prompts: int, group: int, threads: int | None = None) -> list[float]:
         return self._times(self.grpo_trainer(tuned, steps + 1, prompts, group), threads)[:steps]
@@ -337,24 +314,16 @@ class _TRL:
     # -- DPO -------------------------------------------------------------------------------------
 
     def dpo_dataset(self, pairs):
-        tok = self.tok
-        prompts = pairs.chosen.prompts(tok)
-
-        def text(batch):  # completion words without <eos>: TRL appends the EOS token itself
-            return [" " + " ".join(w for w in c if w != lm.EOS) for c in batch.completions(tok)]
-
-        return self.datasets.Dataset.from_dict({"prompt": ["<bos> " + " ".join(p) for p in prompts],
-                                                "chosen": text(pairs.chosen), "rejected": text(pairs.rejected)})
+        return self.tiny.dpo_dataset(pairs)
 
     def dpo_trainer(self, tuned: bool, steps: int, dataset):
-        trl = self.trl
-        kw = self._common(tuned, steps, "dpo")
-        kw.update(per_device_train_batch_size=DPO_BATCH, beta=BETA_DPO, learning_rate=LR_DPO)
         if tuned:
-            kw.update(loss_type=["sigmoid"], precompute_ref_log_probs=True, precompute_ref_batch_size=512,
-                      max_length=None, disable_dropout=True)
-        config = trl.DPOConfig(**kw)
-        return trl.DPOTrainer(model=str(self.model_dir), args=config, train_dataset=dataset, processing_class=self.tok)
+            return self.tiny.dpo_trainer(dataset, steps, per_device_train_batch_size=DPO_BATCH, beta=BETA_DPO,
+                                         learning_rate=LR_DPO)
+        kw = self._default_args(steps, "dpo")
+        kw.update(per_device_train_batch_size=DPO_BATCH, beta=BETA_DPO, learning_rate=LR_DPO)
+        return self.trl.DPOTrainer(model=str(self.model_dir), args=self.trl.DPOConfig(**kw), train_dataset=dataset,
+                                   processing_class=self.tok)
 
     def dpo(self, tuned: bool, steps: int, dataset, threads: int | None = None) -> list[float]:
         return self._times(self.dpo_trainer(tuned, steps + 1, dataset), threads)[:steps]
@@ -362,14 +331,7 @@ class _TRL:
 
 # ====================================================================== loss agreement
 
-def perturbed(model, scale: float = 0.02, seed: int = 1):
-    """A copy of the model with noise on its weights: pi_theta != pi_old != pi_ref, so the checks mean something."""
-    out = fresh_policy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return out
+perturbed = lm.perturbed_copy  # pi_theta != pi_old != pi_ref, so the checks mean something
 
 
 def check_grpo_loss(bench: _TRL, model, tok, world) -> dict:
@@ -380,21 +342,15 @@ def check_grpo_loss(bench: _TRL, model, tok, world) -> dict:
     trainer = bench.grpo_trainer(True, 1, 16, 8)
     net = trainer.model
     net.load_state_dict(perturbed(model, 0.02, 1).state_dict())
-    old_model, ref_model = perturbed(model, 0.02, 2), model
     with torch.no_grad():
-        old = lm.completion_logprobs(old_model, batch)
-        ref_logp = lm.completion_logprobs(ref_model, batch)
+        old = lm.completion_logprobs(perturbed(model, 0.02, 2), batch)
+        ref_logp = lm.completion_logprobs(model, batch)
     adv = group_advantages(rewards, 8)
     net.train()
     logp = lm.completion_logprobs(net, batch)
     ours = rgrpo.grpo_loss(logp, old, ref_logp, adv, batch.completion_mask, eps=EPS, beta=BETA_GRPO,
                            aggregation="grpo")
-    mask = batch.completion_mask
-    inputs = dict(prompt_ids=batch.prompt_ids, prompt_mask=batch.prompt_mask, completion_ids=batch.completion_ids,
-                  completion_mask=mask, advantages=adv, old_per_token_logps=old, ref_per_token_logps=ref_logp,
-                  num_items_in_batch=mask.sum())
-    trainer.current_gradient_accumulation_steps = 1
-    theirs = trainer._compute_loss(net, inputs)
+    theirs = bench.bridge.trl_grpo_loss(trainer, batch, old, ref_logp, adv)
     g_ours = torch.autograd.grad(ours, list(net.parameters()), retain_graph=False)
     g_theirs = torch.autograd.grad(theirs, list(net.parameters()))
     gdiff = max((a - b).abs().max().item() for a, b in zip(g_ours, g_theirs))
@@ -405,29 +361,15 @@ def check_grpo_loss(bench: _TRL, model, tok, world) -> dict:
 def check_dpo_loss(bench: _TRL, model, pairs) -> dict:
     """rlbook.dpo.dpo_loss vs TRL's DPOTrainer._compute_loss (loss_type "sigmoid") on the same 64 pairs
     and reference log-probs, the pairs tokenized by TRL from text (so its tokenization is checked too)."""
-    sub = tasks.PreferencePairs(pairs.chosen.index(slice(0, DPO_BATCH)), pairs.rejected.index(slice(0, DPO_BATCH)),
-                                pairs.chosen_reward[:DPO_BATCH], pairs.rejected_reward[:DPO_BATCH])
-    finished = lambda b: bool(((b.completion_ids == bench.tok.eos_token_id) & (b.completion_mask == 1)).any(1).all())
-    if not (finished(sub.chosen) and finished(sub.rejected)):  # TRL appends EOS; keep only finished answers
-        keep = [i for i in range(len(pairs)) if finished(pairs.chosen.index([i])) and finished(pairs.rejected.index([i]))]
-        keep = keep[:DPO_BATCH]
-        sub = tasks.PreferencePairs(pairs.chosen.index(keep), pairs.rejected.index(keep), pairs.chosen_reward[keep],
-                                    pairs.rejected_reward[keep])
-    dataset = bench.dpo_dataset(sub)
-    trainer = bench.dpo_trainer(True, 1, dataset)
+    sub = bench.bridge.finished_pairs(pairs, bench.tok.eos_token_id, DPO_BATCH)  # TRL appends EOS
+    trainer = bench.dpo_trainer(True, 1, bench.dpo_dataset(sub))
     net = trainer.model
     net.load_state_dict(perturbed(model, 0.02, 1).state_dict())
     ref_c, ref_r = train.pair_logprobs(model, sub)
     net.train()
     cw, cl = train.sequence_logprobs(net, sub.chosen), train.sequence_logprobs(net, sub.rejected)
     ours = rdpo.dpo_loss(cw, cl, ref_c, ref_r, beta=BETA_DPO)
-    examples = [trainer.train_dataset[i] for i in range(len(sub))]
-    for e, rc, rr in zip(examples, ref_c.tolist(), ref_r.tolist()):
-        e["ref_chosen_logps"], e["ref_rejected_logps"] = rc, rr
-    inputs = trainer.data_collator(examples)
-    inputs = {k: v for k, v in inputs.items() if torch.is_tensor(v)}
-    theirs = trainer._compute_loss(net, inputs, False)
-    theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+    theirs = bench.bridge.trl_dpo_loss(trainer, ref_c, ref_r)
     return {"rlbook": ours.item(), "trl": theirs.item(), "abs_diff": abs(ours.item() - theirs.item()),
             "pairs": len(sub)}
 

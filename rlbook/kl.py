@@ -238,6 +238,31 @@ def exact_kl_gradients(policy, ref) -> dict[str, torch.Tensor]:
     return out
 
 
+
+def exact_ratio_weighted_gradient(policy, ref, estimator: str = "k3") -> torch.Tensor:
+    """Exact expected gradient of an estimator in the loss multiplied by its token's ratio
+    pi/pi_old, taken on-policy (pi_old = pi, so the ratio is 1 in value but differentiable):
+
+        E_tau[ sum_t grad (k_t * pi(a_t|s_t) / stopgrad pi(a_t|s_t)) ] = E_tau[ sum_t (grad k_t + k_t grad log pi(a_t|s_t)) ]
+
+    TRL's GRPOConfig(use_bias_correction_kl=True) does this to its k3. For one token it is the
+    exact grad KL(pi||ref) (k_t is unbiased for the KL of its state); over a sequence it is
+    E_tau[sum_t grad KL(pi(.|s_t) || ref(.|s_t))] with the states held fixed: the effect of a token
+    on the KL of the states after it, which k1 in the reward keeps, is missing.
+    policy, ref: as `exact_kl_gradients`. Returns `[P]`, the logits' gradient flattened.
+    """
+    pi, pi_ref = _as_policy(policy, "policy"), _as_policy(ref, "ref")
+    if (pi.vocab_size, pi.length) != (pi_ref.vocab_size, pi_ref.length):
+        raise ValueError("ref must have the same vocab_size and length as policy")
+    seqs = pi.sequences()
+    with torch.no_grad():
+        ref_token_logp = pi_ref.token_logprobs(seqs)
+    token_logp = pi.token_logprobs(seqs)
+    p_fixed = token_logp.sum(-1).exp().detach()
+    ratio = torch.exp(token_logp - token_logp.detach())
+    k = kl_estimate(token_logp, ref_token_logp, estimator)
+    return flat_grad((p_fixed * (k * ratio).sum(-1)).sum(), pi.logits)
+
 def gradient_table(policy, ref) -> list[dict]:
     """One row per estimator x placement: the norm of its exact expected gradient and its
     cosine with grad KL(pi||ref) and with grad KL(ref||pi) (`exact_kl_gradients`)."""
