@@ -25,6 +25,7 @@ notebook re-runs some live). The JSON is rewritten after every run: a crash cost
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import time
@@ -107,23 +108,19 @@ def preference_loss(method: str, beta: float):
     raise ValueError(f"{method!r} is not an offline pair method")
 
 
-class Setting:
-    """The world, the SFT model (also the reference), and the settings."""
+def _sibling(name: str):
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Setting(_sibling("ch10_beyond_dpo").Setting):
+    """Chapter 10's setting (the world, the SFT model, also the reference, and `pairs(seed)`:
+    samples/4 prompts with 4 SFT samples each, best vs worst), scored on the frontier instead."""
 
     def __init__(self, s: dict):
-        self.s = s
-        self.world = tasks.SentimentWorld()
-        self.model, self.tokenizer, _ = pretrained.sft_model(self.world, s["model_config"], s["sft_config"],
-                                                             progress=False)
-        self.ref = lm.frozen_copy(self.model)
-        self.pad = self.tokenizer.pad_token_id
-
-    def pairs(self, seed: int) -> tasks.PreferencePairs:
-        """The offline methods' data: samples/4 prompts, 4 SFT samples each, best vs worst."""
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return tasks.preference_pairs(self.world, self.model, self.tokenizer, self.s["samples"] // 4, 4,
-                                          seed=100 + seed)
+        super().__init__({**s, "n_prompts": s["samples"] // 4})
 
     def measure(self, policy) -> dict:
         return train.reward_and_kl(policy, self.ref, self.tokenizer, self.world, self.s["eval_prompts"])
@@ -178,7 +175,8 @@ def _write(results: dict, out: Path) -> None:
 def sweep(quick: bool, out: Path) -> dict:
     s = settings(quick)
     setting = Setting(s)
-    results = {"settings": s, "sft": setting.measure(setting.model), "runs": []}
+    results = {"command": "python experiments/ch11_frontier.py" + (" --quick" if quick else ""), "settings": s,
+               "sft": setting.measure(setting.model), "runs": []}
     start = time.perf_counter()
     for seed in s["seeds"]:                       # seed-major: a crash leaves whole seeds
         pairs = setting.pairs(seed)
@@ -206,7 +204,6 @@ def main(argv=None):
     setup(seed=0, verbose=not args.quick)
     out = args.out or HERE / ("ch11_frontier_quick.json" if args.quick else "ch11_frontier.json")
     results = sweep(args.quick, out)
-    results["command"] = "python experiments/ch11_frontier.py" + (" --quick" if args.quick else "")
     results["torch"] = torch.__version__
     results["complete"] = True
     _write(results, out)
