@@ -281,6 +281,23 @@ class SentimentWorld(World):
             return None
         return phrases
 
+    def all_prompts(self) -> list[list[str]]:
+        """Every prompt 'the NOUN VERB'; `sample_prompt` draws each with probability
+        1/(8 nouns x 2 verbs), so their plain mean is the expectation over prompts."""
+        return [["the", noun, verb] for noun, (verbs, _) in SENTIMENT_GRAMMAR.items() for verb in verbs]
+
+    def grammatical_completions(self, prompt) -> list[list[str]]:
+        """Every grammatical completion of `prompt` (without '<eos>'): 12 single phrases
+        [very] ADJ and 120 pairs [very] ADJ and [very] ADJ2 with ADJ2 != ADJ. Every other
+        completion, unfinished ones included, is ungrammatical and earns `ungrammatical_reward`.
+
+        >>> len(SentimentWorld().grammatical_completions(["the", "sky", "is"]))
+        132
+        """
+        adjectives = list(self.adjectives(prompt))
+        phrases = [v + [a] for a in adjectives for v in ([], ["very"])]
+        return phrases + [a + ["and"] + b for a in phrases for b in phrases if a[-1] != b[-1]]
+
     def is_grammatical(self, prompt, completion) -> bool:
         return self.parse(prompt, completion) is not None
 

@@ -14,6 +14,7 @@ from rlbook.algorithms import Algorithm, Rollout
 from rlbook.checks import check_finite, check_nonnegative, check_positive, values_validated
 from rlbook.device import fork_rng
 from rlbook.dpo import dpo_loss
+from rlbook.kl import sequence_kl_per_state
 from rlbook.lm import Batch, completion_logprobs, concat_batches, frozen_copy, make_batch
 from rlbook.masked import masked_mean, masked_sum
 from rlbook.preference import kto_loss, kto_reference_point, log_ratio_margin
@@ -382,6 +383,33 @@ def evaluate(policy, tokenizer, world, n_prompts: int = 256, samples_per_prompt:
                                  temperature=temperature)
     return {"reward": r.mean().item(), "accuracy": (r >= threshold).float().mean().item(),
             "length": batch.lengths.float().mean().item()}
+
+
+@torch.no_grad()
+def reward_and_kl(policy, ref, tokenizer, world, n_prompts: int = 512, seed: int = 10_000) -> dict[str, float]:
+    """A point of the reward-KL frontier: `n_prompts` fresh samples of the policy (one per
+    prompt, temperature 1), scored by the world's true reward, and their drift from `ref`
+
+        KL(pi || pi_ref) ~ mean_i sum_t KL[pi(. | s_it) || pi_ref(. | s_it)]   (`kl.sequence_kl_per_state`)
+
+    with the standard error of each mean (std / sqrt(n)), and the k1 estimate
+    mean_i log pi(y_i|x_i)/pi_ref(y_i|x_i) from the same samples for comparison. Returns
+    {"reward", "reward_se", "kl", "kl_se", "k1", "k1_se", "length"}; like `evaluate`, the
+    caller's random streams are left untouched."""
+    if n_prompts < 2:
+        raise ValueError(f"n_prompts must be >= 2 for a standard error, got {n_prompts}")
+    with fork_rng(next(policy.parameters()).device):
+        torch.manual_seed(seed)
+        batch, r = sample_groups(world, policy, tokenizer, n_prompts, 1, seed=seed)
+    logp, logits = completion_logprobs(policy, batch, return_logits=True)
+    ref_logp, ref_logits = completion_logprobs(ref, batch, return_logits=True)
+    per_state = sequence_kl_per_state(logits, ref_logits, batch.completion_mask)
+    log_ratio = masked_sum(logp - ref_logp, batch.completion_mask, dim=1)
+    out = {"length": batch.lengths.float().mean().item()}
+    for name, x in (("reward", r), ("kl", per_state), ("k1", log_ratio)):
+        x = x.double()
+        out[name], out[name + "_se"] = x.mean().item(), (x.std() / len(x) ** 0.5).item()
+    return out
 
 
 def iterative_dpo(policy, tokenizer, world, rounds: int, n_prompts: int, samples_per_prompt: int = 4, ref=None,

@@ -286,3 +286,32 @@ def test_k3_below_the_cap_is_exact_in_float64():
     got = k3(torch.zeros_like(log_r) - 60, log_r - 60)
     expected = torch.tensor([math.expm1(x) - x for x in log_r.tolist()], dtype=torch.float64)
     assert torch.allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_per_state_sequence_kl_averages_to_the_sequence_kl_by_enumeration(seed):
+    from rlbook.exact import TabularPolicy
+    from rlbook.kl import sequence_kl_per_state
+
+    pi, ref = TabularPolicy(3, 3, seed=seed), TabularPolicy(3, 3, seed=seed + 10)
+    seqs = pi.sequences()
+    with torch.no_grad():
+        per_state = sequence_kl_per_state(pi.token_logits(seqs), ref.token_logits(seqs))
+        exact = (pi.probs() * (pi.log_prob(seqs) - ref.log_prob(seqs))).sum()   # sum over all 27 sequences
+        assert (pi.probs() * per_state).sum().item() == pytest.approx(exact.item(), rel=1e-12)
+        # per sequence it is not the log-ratio (that is k1): only their expectations agree
+        assert not torch.allclose(per_state, pi.log_prob(seqs) - ref.log_prob(seqs))
+
+
+def test_per_state_sequence_kl_skips_masked_states_and_checks_shapes():
+    from rlbook.kl import sequence_kl_per_state
+
+    logits, ref_logits = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    per_state = kl_divergence(logits, ref_logits)
+    expected = torch.stack([per_state[0, :2].sum(), per_state[1, 0]])
+    assert torch.allclose(sequence_kl_per_state(logits, ref_logits, mask), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="logits"):
+        sequence_kl_per_state(logits[0], ref_logits[0])
+    with pytest.raises(ValueError, match="mask"):
+        sequence_kl_per_state(logits, ref_logits, mask[:, :2])

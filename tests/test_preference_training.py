@@ -107,3 +107,20 @@ def test_evaluate_is_seeded_and_leaves_the_random_stream_alone(sentiment):
     b = evaluate(model, tok, world, n_prompts=16, threshold=0.0)
     assert a == b and torch.equal(after, torch.rand(1))
     assert 0.0 <= a["accuracy"] <= 1.0
+
+
+def test_reward_and_kl_is_zero_at_the_reference_and_its_two_estimates_agree(sentiment, trained_sentiment):
+    from rlbook.train import reward_and_kl
+
+    world, tok, untrained = sentiment
+    _, _, trained = trained_sentiment
+    at_ref = reward_and_kl(trained, trained, tok, world, n_prompts=64)
+    assert at_ref["kl"] == 0.0 and at_ref["k1"] == 0.0 and at_ref["kl_se"] == 0.0
+    # the same fixed prompts and samples as `evaluate`
+    assert at_ref["reward"] == pytest.approx(evaluate(trained, tok, world, n_prompts=64)["reward"], abs=1e-6)
+    away = reward_and_kl(trained, untrained, tok, world, n_prompts=256)
+    assert away["kl"] > 0 and away["kl_se"] > 0 and away["reward_se"] > 0
+    # both estimate KL(pi || pi_ref) without bias: they must agree within their standard errors
+    assert abs(away["kl"] - away["k1"]) < 4 * (away["kl_se"] ** 2 + away["k1_se"] ** 2) ** 0.5
+    with pytest.raises(ValueError, match="n_prompts"):
+        reward_and_kl(trained, untrained, tok, world, n_prompts=1)

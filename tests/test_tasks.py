@@ -100,3 +100,26 @@ def test_unpaired_feedback_labels_follow_the_threshold(trained_sentiment):
     fb = unpaired_feedback(world, model, tok, n=64, threshold=0.0, seed=0)
     assert 0 < fb.desirable.sum() < 64
     assert fb.desirable.tolist() == [r > 0.0 for r in world.score(fb.batch, tok).tolist()]
+
+
+def test_grammatical_completions_are_exactly_the_grammatical_sentences_by_brute_force():
+    import itertools
+
+    world = SentimentWorld()
+    prompt = ["the", "staff", "were"]
+    listed = world.grammatical_completions(prompt)
+    assert len(listed) == len({tuple(c) for c in listed}) == 132
+    # every word sequence of up to 5 words over the prompt's adjectives, 'very', 'and' and one
+    # foreign adjective; a grammatical one is at most 5 words before <eos>
+    words = ["very", "and", "blue", *SENTIMENT_GRAMMAR["staff"][1]]
+    brute = {seq for n in range(1, 6) for seq in itertools.product(words, repeat=n)
+             if world.is_grammatical(prompt, [*seq, "<eos>"])}
+    assert brute == {tuple(c) for c in listed}
+
+
+def test_all_prompts_are_the_ones_sample_prompt_draws():
+    world = SentimentWorld()
+    every = {tuple(p) for p in world.all_prompts()}
+    assert len(every) == len(world.all_prompts()) == 16
+    drawn = {tuple(p) for p in world.prompts(2000, seed=0)}
+    assert drawn == every
