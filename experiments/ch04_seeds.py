@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
-from rlbook import algorithms, lm, ppo, pretrained, tasks, train, value
+from rlbook import advantages, algorithms, lm, ppo, pretrained, tasks, train, value
+from rlbook.masked import masked_mean
 
 OUT = Path(__file__).with_suffix(".json")
 CURVES = ("reward", "true_reward", "grammatical", "approx_kl", "clip_frac", "kl_old_new", "drift_kl",
-          "explained_variance")
+          "explained_variance", "mean_return", "critic_lag")
 # name -> keyword arguments of algorithms.PPO (a fresh AdaptiveKLController per run for "klpen")
 CONFIGS = {
     "CLIP, drift 0.2": dict(drift_beta=0.2),
@@ -73,16 +74,27 @@ def main(argv=None) -> dict:
     reference = lm.frozen_copy(sft)
     rm = reward_model_of(world, sft, tokenizer, rm_steps, rm_prompts)
 
-    def grammatical(rollout):
-        return {"grammatical": (world.score(rollout.batch, tokenizer) > world.ungrammatical_reward).float().mean()}
+    def round_metrics(critic, drift_beta):
+        """Per round, before the update: grammatical fraction, the mean Monte-Carlo return G_t of the shaped
+        rewards over the round's tokens, and the critic's lag mean(G_t - V(s_t)) (the chapter's)."""
+        def metrics(rollout):
+            m = rollout.mask
+            shaped = ppo.shaped_rewards(rollout.rewards, rollout.old_logp, rollout.ref_logp, drift_beta, m)
+            returns = advantages.discounted_returns(shaped, 1.0, m)
+            with torch.no_grad():
+                lag = masked_mean(returns - value.values(critic, rollout.batch), m)
+            grammatical = (world.score(rollout.batch, tokenizer) > world.ungrammatical_reward).float().mean()
+            return {"grammatical": grammatical, "mean_return": masked_mean(returns, m), "critic_lag": lag}
+        return metrics
 
     runs = []
     for seed in seeds:
         for name, kwargs in CONFIGS.items():
             policy = lm.trainable_copy(sft)
             controller = ppo.AdaptiveKLController(beta=1.0, target=0.02) if kwargs.get("variant") == "klpen" else None
-            algorithm = algorithms.PPO(value.critic_model(sft), kl_controller=controller, log_kl_old_new=True,
-                                       rollout_metrics=grammatical, **kwargs)
+            critic = value.critic_model(sft)
+            algorithm = algorithms.PPO(critic, kl_controller=controller, log_kl_old_new=True,
+                                       rollout_metrics=round_metrics(critic, kwargs["drift_beta"]), **kwargs)
             config = train.RLConfig(iterations=rounds, prompts_per_iter=64, group_size=1, inner_steps=4, lr=2e-3,
                                     seed=seed)
             start = time.perf_counter()
