@@ -2,7 +2,7 @@
 at beta = 0, 0.05, 0.2, 0.5 (section 7 and exercise 3) and the critic without its value clip.
 
     python experiments/ch04_seeds.py           # the full sweep -> experiments/ch04_seeds.json (~5 min, 1 CPU)
-    python experiments/ch04_seeds.py --quick   # 2 rounds, one seed, a short reward model (the unit test)
+    python experiments/ch04_seeds.py --quick   # 2 rounds, one seed, short SFT and reward model (the unit test)
 
 Everything is built as the chapter builds it: the width-64 sentiment SFT model, one Bradley-Terry
 reward model (150 steps on 2000 prompts x 4 samples, torch seed 0), then PPO for 70 rounds of
@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
     rounds, seeds, n_eval, rm_steps, rm_prompts = (2, [0], 32, 5, 200) if args.quick else (70, [0, 1000, 2000], 512, 150, 2000)
     torch.set_num_threads(1)
     world = tasks.SentimentWorld()
-    sft, tokenizer, _ = pretrained.sft_model(world, model_config=dict(d_model=64), progress=False)
+    sft, tokenizer, _ = pretrained.sft_model(world, model_config=dict(d_model=64), progress=False,
+                                             sft_config=dict(steps=20) if args.quick else None)
     reference = lm.frozen_copy(sft)
     rm = reward_model_of(world, sft, tokenizer, rm_steps, rm_prompts)
 
