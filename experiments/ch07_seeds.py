@@ -1,7 +1,7 @@
 """Chapter 07's training comparisons over three seeds: GRPO vs PPO (section 4) and GRPO's variants
 (section 6), each run exactly as the chapter runs seed 0, with RLConfig.seed = 0, 1, 2.
 
-    python experiments/ch07_seeds.py           # the full sweep -> experiments/ch07_seeds.json (~4 min, 1 CPU)
+    python experiments/ch07_seeds.py           # the full sweep -> experiments/ch07_seeds.json (~3 CPU-minutes, one thread)
     python experiments/ch07_seeds.py --quick   # 2 rounds, one seed (what the unit test runs)
 
 Settings (the chapter's): sort-8, the width-64 SFT model after 140 steps, 25 rounds, 256 samples per round
