@@ -2,7 +2,7 @@
 {k1, k3} x {reward, loss} at beta in {0.3, 1}, each run exactly as the chapter runs seed 0, with
 RLConfig.seed = 0, 1, 2, 3, 4.
 
-    python experiments/ch06_placements.py           # the full sweep -> experiments/ch06_placements.json
+    python experiments/ch06_placements.py           # the full sweep -> experiments/ch06_placements.json (~5 CPU-min)
     python experiments/ch06_placements.py --quick   # 2 rounds, one seed, two settings (what the unit test runs)
 
 Settings (the chapter's): sort-5, the width-64 SFT model after 90 steps, REINFORCE with a group-mean
@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     sft, tokenizer, world = sft_model()
     runs = []
-    sweep_start = time.perf_counter()
+    sweep_start, cpu_start = time.perf_counter(), time.process_time()
     for seed in seeds:
         for estimator, placement, beta in settings:
             start = time.perf_counter()
@@ -64,7 +64,8 @@ def main(argv=None) -> dict:
                   f"{sum(history['true_reward'][-10:]) / 10:.2f}, KL {sum(history['exact_kl'][-10:]) / 10:.2f}")
     results = {"command": "python experiments/ch06_placements.py" + (" --quick" if args.quick else ""),
                "settings": dict(rounds=rounds, seeds=seeds, lr=LR, prompts_per_iter=PROMPTS, group_size=GROUP),
-               "sweep_seconds": time.perf_counter() - sweep_start, "runs": runs, "torch": torch.__version__}
+               "sweep_seconds": time.perf_counter() - sweep_start, "cpu_seconds": time.process_time() - cpu_start,
+               "runs": runs, "torch": torch.__version__}
     (args.out or OUT).write_text(json.dumps(results, indent=1))
     return results
 
