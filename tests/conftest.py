@@ -39,3 +39,35 @@ def trained_sentiment(sentiment):
     torch.manual_seed(0)
     sft(model, tokenizer, world.sft_examples(2000), steps=150, batch_size=32, lr=1e-2, progress=False)
     return world, tokenizer, model.eval()
+
+
+EXPERIMENTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments"
+
+
+def load_experiment(name):
+    """Import experiments/<name>.py (a script folder, not a package) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def experiment():
+    """The loader `load_experiment`, for tests that need a script's functions."""
+    return load_experiment
+
+
+@pytest.fixture
+def quick_experiment(isolated_cache, tmp_path):
+    """Run an experiment's --quick mode into a temporary JSON; return (module, results)."""
+    import json
+
+    def run(name):
+        module = load_experiment(name)
+        module.main(["--quick", "--out", str(tmp_path / "out.json")])
+        return module, json.loads((tmp_path / "out.json").read_text())
+
+    return run

@@ -1,19 +1,10 @@
 """The chapter 08 seed sweep's --quick mode runs end to end and writes what the notebook reads."""
 
-import importlib.util
-import json
 import math
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ch08_seeds.py"
 
 
-def test_quick_sweep_writes_every_run(isolated_cache, tmp_path):
-    spec = importlib.util.spec_from_file_location("ch08_seeds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--quick", "--out", str(tmp_path / "out.json")])
-    results = json.loads((tmp_path / "out.json").read_text())
+def test_quick_sweep_writes_every_run(quick_experiment):
+    module, results = quick_experiment("ch08_seeds")
     names = {(r["experiment"], r["name"]) for r in results["runs"]}
     assert names == ({("beta sweep", f"beta {b}") for b in module.BETAS}
                      | {("displacement", n) for n in [*module.DISPLACEMENT, "SFT model"]})

@@ -1,25 +1,11 @@
 """The chapter 11 sweep's --quick mode runs end to end, spends one budget on every method, and
 writes what the notebook reads."""
 
-import importlib.util
-import json
 import math
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ch11_frontier.py"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("ch11_frontier", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_sweep_runs_every_method_on_one_budget(isolated_cache, tmp_path):
-    module = _module()
-    module.main(["--quick", "--out", str(tmp_path / "out.json")])
-    results = json.loads((tmp_path / "out.json").read_text())
+def test_quick_sweep_runs_every_method_on_one_budget(quick_experiment):
+    module, results = quick_experiment("ch11_frontier")
     s = results["settings"]
     assert results["complete"] and {r["method"] for r in results["runs"]} == set(module.METHODS)
     assert len(results["runs"]) == len(module.METHODS) * len(s["seeds"])
@@ -30,8 +16,8 @@ def test_quick_sweep_runs_every_method_on_one_budget(isolated_cache, tmp_path):
     assert results["sft"]["kl"] == 0.0
 
 
-def test_the_budget_layouts_spend_the_full_budget_exactly():
-    module = _module()
+def test_the_budget_layouts_spend_the_full_budget_exactly(experiment):
+    module = experiment("ch11_frontier")
     for s in (module.settings(quick=False), module.settings(quick=True)):
         for fraction in (1.0, 1 / 8):
             t = module.scaled(s, fraction)
