@@ -96,3 +96,17 @@ def ppo_clip_objective(eps: float = 0.2, advantages: Sequence[float] = (1.0, -1.
     ax.set_ylabel("objective (per token)")
     ax.legend(fontsize=8)
     return ax
+
+
+def seed_band(ax, x: Sequence[float], runs: Sequence[Sequence[float]], label: str | None = None, color=None,
+              alpha: float = 0.2):
+    """The mean over seeds as a line and the min-max range over seeds as a band. runs: one curve per seed, each
+    aligned with x. Returns the mean curve."""
+    if not runs or any(len(r) != len(x) for r in runs):
+        raise ValueError(f"runs must be a non-empty list of curves of len(x) = {len(x)} points each")
+    columns = list(zip(*runs))
+    mean = [sum(c) / len(c) for c in columns]
+    line, = ax.plot(x, mean, label=label, color=color)
+    ax.fill_between(x, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(), alpha=alpha,
+                    lw=0)
+    return mean

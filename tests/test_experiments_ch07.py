@@ -19,3 +19,7 @@ def test_quick_sweep_writes_every_variant(isolated_cache, tmp_path):
         assert 0.0 <= r["exact_match"] <= 1.0 and r["seconds_per_round"] > 0
         assert len(r["true_reward_curve"]) == results["settings"]["rounds"]
         assert all(math.isfinite(x) for x in r["true_reward_curve"])
+        # the held-out curve starts at the SFT model and has a point every eval_every rounds
+        rounds = [k for k, _ in r["held_out_curve"]]
+        assert rounds == list(range(0, results["settings"]["rounds"] + 1, results["settings"]["eval_every"]))
+        assert all(0.0 <= x <= 1.0 for _, x in r["held_out_curve"])
