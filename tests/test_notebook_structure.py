@@ -72,3 +72,37 @@ def test_solutions_notebook_exists(path):
     solution = ROOT / "solutions" / path.name
     assert solution.exists(), f"no solutions/{path.name}"
     assert f"../notebooks/{path.name}" in "".join(markdown(solution)[0])
+
+
+def code_after_exercises(path):
+    cs = cells(path)
+    i = next(k for k, c in enumerate(cs) if c["cell_type"] == "markdown" and "## Exercises" in "".join(c["source"]))
+    return ["".join(c["source"]) for c in cs[i + 1:] if c["cell_type"] == "code"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name[:2])
+def test_exercises_are_stubs_with_checkers(path):
+    """At least two implement-it-yourself exercises: a stub (NotImplementedError) and a checker call
+    in a later cell; no reference solution left in the chapter."""
+    from rlbook.exercises import CHECKERS
+
+    code = code_after_exercises(path)
+    stubs = [k for k, src in enumerate(code) if "raise NotImplementedError" in src]
+    called = {name for src in code for name in CHECKERS if f"exercises.{name}(" in src}
+    assert len(stubs) >= 2 and len(called) >= 2, f"{len(stubs)} stubs, checkers called: {sorted(called)}"
+    for k in stubs:
+        assert any("exercises.check_" in later for later in code[k:k + 2]), "a stub is followed by its checker call"
+    assert not any("reference solution below" in src for src in code), "a reference solution is still in the chapter"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name[:2])
+def test_unsolved_stubs_report_false(path):
+    """In the committed outputs each checker call printed its report and returned False (the stub is unsolved)."""
+    cs = cells(path)
+    for c in cs:
+        src = "".join(c["source"])
+        if c["cell_type"] == "code" and src.startswith("exercises.check_"):
+            outputs = c.get("outputs", [])
+            text = "".join("".join(o.get("text", "")) for o in outputs)
+            results = "".join("".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
+            assert "not implemented yet" in text and results == "False", (path.name, src, text, results)
