@@ -397,6 +397,23 @@ def merge_pairs(parts: Sequence[PreferencePairs], pad_token_id: int) -> Preferen
                            torch.cat([p.rejected_reward for p in parts]))
 
 
+def best_worst_indices(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (chosen, rejected) of the best and worst sample of each group of `group_size`
+    rewards `[N]` laid out group after group; the first one on ties; groups whose rewards all
+    tie are dropped (they hold no preference).
+
+    >>> best_worst_indices(torch.tensor([0.0, 1.0, 0.5, 2.0, 2.0, 2.0]), group_size=3)
+    (tensor([1]), tensor([0]))
+    """
+    if rewards.dim() != 1 or group_size < 2 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be [N] and group_size >= 2 must divide N, got shape "
+                         f"{tuple(rewards.shape)} and group_size={group_size}")
+    grouped = rewards.view(-1, group_size)
+    keep = grouped.max(1).values > grouped.min(1).values
+    offsets = torch.arange(grouped.shape[0], device=rewards.device) * group_size
+    return (offsets + grouped.argmax(1))[keep], (offsets + grouped.argmin(1))[keep]
+
+
 def pairs_from_groups(batch: Batch, rewards: torch.Tensor, group_size: int,
                       true_rewards: torch.Tensor | None = None) -> PreferencePairs:
     """Best-vs-worst pairs from samples laid out group after group (as `sample_groups` does):
@@ -408,11 +425,7 @@ def pairs_from_groups(batch: Batch, rewards: torch.Tensor, group_size: int,
     if rewards.shape != (len(batch),):
         raise ValueError(f"rewards must have shape ({len(batch)},), got {tuple(rewards.shape)}")
     true_rewards = rewards if true_rewards is None else true_rewards
-    grouped = rewards.view(-1, group_size)
-    best, worst = grouped.argmax(1), grouped.argmin(1)
-    keep = grouped.max(1).values > grouped.min(1).values
-    offsets = torch.arange(grouped.shape[0], device=rewards.device) * group_size
-    w, l = (offsets + best)[keep], (offsets + worst)[keep]
+    w, l = best_worst_indices(rewards, group_size)
     return PreferencePairs(batch.index(w), batch.index(l), true_rewards[w], true_rewards[l])
 
 
