@@ -166,6 +166,18 @@ def _as_policy(p, name: str) -> TabularPolicy:
     raise ValueError(f"{name} must be a TabularPolicy or 1-D logits [V], got {type(p).__name__}")
 
 
+def _enumerate_pair(policy, ref) -> tuple[TabularPolicy, torch.Tensor, torch.Tensor]:
+    """(pi, log pi(a_t|s_t) `[N, T]` differentiable, log pi_ref(a_t|s_t) `[N, T]` without gradient)
+    over every sequence of pi, for the exact gradients below."""
+    pi, pi_ref = _as_policy(policy, "policy"), _as_policy(ref, "ref")
+    if (pi.vocab_size, pi.length) != (pi_ref.vocab_size, pi_ref.length):
+        raise ValueError("ref must have the same vocab_size and length as policy")
+    seqs = pi.sequences()
+    with torch.no_grad():
+        ref_token_logp = pi_ref.token_logprobs(seqs)
+    return pi, pi.token_logprobs(seqs), ref_token_logp
+
+
 def kl_penalised_rewards(rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None, beta: float,
                          mask: torch.Tensor | None = None, estimator: str = "k1") -> torch.Tensor:
     """The penalty in the reward at sequence level: each completion's reward minus beta times
@@ -232,15 +244,9 @@ def exact_kl_gradients(policy, ref) -> dict[str, torch.Tensor]:
     Identities (categorical, exactly): k1/reward = k2/loss = grad KL(pi||ref); k1/loss = 0;
     k3/loss = grad KL(ref||pi). At sequence level k2/loss and k3/loss lose these identities.
     """
-    pi, pi_ref = _as_policy(policy, "policy"), _as_policy(ref, "ref")
-    if (pi.vocab_size, pi.length) != (pi_ref.vocab_size, pi_ref.length):
-        raise ValueError("ref must have the same vocab_size and length as policy")
-    seqs = pi.sequences()
+    pi, token_logp, ref_token_logp = _enumerate_pair(policy, ref)
     logits = pi.logits
-    with torch.no_grad():
-        ref_token_logp = pi_ref.token_logprobs(seqs)
-        ref_seq_logp = ref_token_logp.sum(-1)
-    token_logp = pi.token_logprobs(seqs)  # [N, T], differentiable
+    ref_seq_logp = ref_token_logp.sum(-1)
     seq_logp = token_logp.sum(-1)
     p = seq_logp.exp()
     p_fixed = p.detach()
@@ -257,7 +263,6 @@ def exact_kl_gradients(policy, ref) -> dict[str, torch.Tensor]:
     return out
 
 
-
 def exact_ratio_weighted_gradient(policy, ref, estimator: str = "k3") -> torch.Tensor:
     """Exact expected gradient of an estimator in the loss multiplied by its token's ratio
     pi/pi_old, taken on-policy (pi_old = pi, so the ratio is 1 in value but differentiable):
@@ -270,17 +275,12 @@ def exact_ratio_weighted_gradient(policy, ref, estimator: str = "k3") -> torch.T
     on the KL of the states after it, which k1 in the reward keeps, is missing.
     policy, ref: as `exact_kl_gradients`. Returns `[P]`, the logits' gradient flattened.
     """
-    pi, pi_ref = _as_policy(policy, "policy"), _as_policy(ref, "ref")
-    if (pi.vocab_size, pi.length) != (pi_ref.vocab_size, pi_ref.length):
-        raise ValueError("ref must have the same vocab_size and length as policy")
-    seqs = pi.sequences()
-    with torch.no_grad():
-        ref_token_logp = pi_ref.token_logprobs(seqs)
-    token_logp = pi.token_logprobs(seqs)
+    pi, token_logp, ref_token_logp = _enumerate_pair(policy, ref)
     p_fixed = token_logp.sum(-1).exp().detach()
     ratio = torch.exp(token_logp - token_logp.detach())
     k = kl_estimate(token_logp, ref_token_logp, estimator)
     return flat_grad((p_fixed * (k * ratio).sum(-1)).sum(), pi.logits)
+
 
 def gradient_table(policy, ref) -> list[dict]:
     """One row per estimator x placement: the norm of its exact expected gradient and its

@@ -140,7 +140,6 @@ def trainable_copy(model: PreTrainedModel) -> PreTrainedModel:
     return policy
 
 
-
 def perturbed_copy(model: PreTrainedModel, scale: float = 0.02, seed: int = 1) -> PreTrainedModel:
     """A trainable copy with N(0, scale^2) noise added to every weight (its own seeded generator):
     a policy that has moved away from `model`, so pi_theta != pi_old != pi_ref when a check needs it."""
@@ -150,6 +149,7 @@ def perturbed_copy(model: PreTrainedModel, scale: float = 0.02, seed: int = 1) -
         for p in out.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g).to(p.device, p.dtype))
     return out
+
 
 # transformers shows progress bars for writing and loading weights; for files this small they are noise
 
