@@ -109,6 +109,11 @@ def main(argv=None):
     if trainer.accelerator.is_main_process:
         print(json.dumps({"steps": trainer.state.global_step, "processes": trainer.accelerator.num_processes,
                           "beta": trainer.reward_beta, "history": history}))
+    # end the process group before the interpreter exits: left to teardown, a gloo thread can outlive it
+    # ("terminate called without an active exception", SIGABRT on one rank, seen once in CI)
+    if torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
